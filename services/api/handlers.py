@@ -1,0 +1,64 @@
+"""api logic: a validated request body becomes a pack.requested event. No I/O."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import uuid
+from typing import Annotated
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from shared.events import LISTING_KINDS, ImageKind, PackRequested, Product, stable_id
+from shared.pricing import pack_cost, plan_pack
+
+
+class PackRequestBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    product: Product
+    images: Annotated[list[ImageKind], Field(min_length=1, max_length=6)] | None = None
+    aplus: bool = False
+
+    @field_validator("images")
+    @classmethod
+    def _unique(cls, images: list[str] | None) -> list[str] | None:
+        if images is not None and len(set(images)) != len(images):
+            raise ValueError("image kinds must not repeat")
+        return images
+
+
+class PackAccepted202(BaseModel):
+    pack_id: str
+    status: str = "DRAFT"
+    cost: int
+    status_url: str
+    stream_url: str
+    stream_token: str
+
+
+class IdempotencyConflict(Exception):
+    """The same Idempotency-Key was used before with a different body."""
+
+
+def request_hash(body: PackRequestBody) -> str:
+    canonical = json.dumps(body.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def pack_id_for(user_id: str, idempotency_key: str | None) -> str:
+    """With a key, the pack id is a function of (user, key): a retried POST names the same
+    pack, and credits charges a pack id once, even across api restarts and instances."""
+    if idempotency_key is None:
+        return str(uuid.uuid4())
+    return stable_id("idempotency", user_id, idempotency_key)
+
+
+def build_request(
+    user_id: str, body: PackRequestBody, idempotency_key: str | None, price_listing: int, price_aplus: int,
+) -> tuple[PackRequested, int]:
+    images = body.images or list(LISTING_KINDS)
+    event = PackRequested(
+        pack_id=pack_id_for(user_id, idempotency_key), user_id=user_id, product=body.product,
+        images=images, aplus=body.aplus, idempotency_key=idempotency_key, request_hash=request_hash(body),
+    )
+    return event, pack_cost(plan_pack(images, body.aplus, price_listing, price_aplus))

@@ -1,0 +1,154 @@
+"""`packline`: the one entry point: services, accounts, packs, and operations."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from shared.auth import make_api_key
+from shared.events import REGISTRY, AccountCreate, BalanceQuery, CreditsBalance, CreditsGrant, Event, json_schema
+from shared.kafka import Outgoing, ensure_topics
+from shared.settings import ROOT, CommonSettings
+
+from services.cli import kafka_io
+
+app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False, help="packline: marketplace image packs on Kafka")
+accounts = typer.Typer(no_args_is_help=True, help="user accounts")
+credits = typer.Typer(no_args_is_help=True, help="credit balances")
+topics = typer.Typer(no_args_is_help=True, help="Kafka topics")
+schemas = typer.Typer(no_args_is_help=True, help="event JSON schemas")
+kafka = typer.Typer(no_args_is_help=True, help="the local Kafka broker")
+for sub, name in ((accounts, "accounts"), (credits, "credits"), (topics, "topics"), (schemas, "schemas"), (kafka, "kafka")):
+    app.add_typer(sub, name=name)
+
+SERVICES = ("api", "notifier", "credits", "generation")
+
+
+@app.command()
+def serve(service: Annotated[str, typer.Argument(help="api | notifier | credits | generation")]) -> None:
+    """Run one service in the foreground."""
+    import logging
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if service == "api":
+        import uvicorn
+
+        from services.api.app import create_app
+        from services.api.settings import Settings as ApiSettings
+
+        s = ApiSettings()
+        uvicorn.run(create_app(s), host=s.api_host, port=s.api_port, loop="uvloop", http="httptools", log_level="warning")
+    elif service == "notifier":
+        import uvicorn
+
+        from services.notifier.app import create_app as create_notifier
+        from services.notifier.settings import Settings as NotifierSettings
+
+        n = NotifierSettings()
+        uvicorn.run(create_notifier(n), host=n.notifier_host, port=n.notifier_port, loop="uvloop", http="httptools",
+                    log_level="warning", timeout_graceful_shutdown=3)
+    elif service in ("credits", "generation"):
+        from faust.worker import Worker
+
+        common = CommonSettings()
+        # faust must find its topics at subscription time.
+        asyncio.run(ensure_topics(common.kafka_bootstrap_servers, common.topics, common.topic_partitions))
+        if service == "credits":
+            from services.credits.app import build
+            from services.credits.settings import Settings as CreditsSettings
+
+            worker_app = build(CreditsSettings())
+        else:
+            from services.generation.app import build as build_generation
+            from services.generation.settings import Settings as GenerationSettings
+
+            worker_app = build_generation(GenerationSettings())
+        Worker(worker_app, loglevel="INFO", quiet=True).execute_from_commandline()
+    else:
+        raise typer.BadParameter(f"unknown service {service!r}; choose one of {', '.join(SERVICES)}")
+
+
+def _settings() -> CommonSettings:
+    return CommonSettings()
+
+
+def _credits_command(event: Event, user_id: str) -> CreditsBalance:
+    s = _settings()
+    reply = asyncio.run(kafka_io.request_reply(
+        s.kafka_bootstrap_servers, Outgoing.of(s.topics.credits_commands, event, user_id), s.topics.credits_events,
+        lambda e: isinstance(e, CreditsBalance) and e.command_id == event.event_id,
+    ))
+    assert isinstance(reply, CreditsBalance)
+    if reply.error:
+        typer.echo(f"error: {reply.error}", err=True)
+        raise typer.Exit(1)
+    return reply
+
+
+@accounts.command("create")
+def accounts_create(name: str, credits_: Annotated[int, typer.Option("--credits", min=0)] = 0) -> None:
+    """Create an account (idempotent) and print its API key on the last line."""
+    reply = _credits_command(AccountCreate(user_id=name, credits=credits_), name)
+    typer.echo(f"account {name}: balance {reply.balance}")
+    typer.echo(make_api_key(_settings().packline_secret, name))
+
+
+@credits.command("grant")
+def credits_grant(user: str, amount: int) -> None:
+    reply = _credits_command(CreditsGrant(user_id=user, amount=amount), user)
+    typer.echo(f"{user} balance: {reply.balance}")
+
+
+@credits.command("balance")
+def credits_balance(user: str) -> None:
+    reply = _credits_command(BalanceQuery(user_id=user), user)
+    typer.echo(f"{user} balance: {reply.balance}")
+
+
+@topics.command("create")
+def topics_create() -> None:
+    s = _settings()
+    asyncio.run(ensure_topics(s.kafka_bootstrap_servers, s.topics, s.topic_partitions))
+    typer.echo("\n".join(s.topics.all()))
+
+
+@schemas.command("export")
+def schemas_export(out: Path = ROOT / "schemas") -> None:
+    """Write schemas/<type>.v<version>.json from the event models."""
+    out.mkdir(parents=True, exist_ok=True)
+    for model in REGISTRY.values():
+        path = out / f"{model.TYPE}.v{model.VERSION}.json"
+        path.write_text(json.dumps(json_schema(model), indent=2, sort_keys=True) + "\n")
+    typer.echo(f"wrote {len(REGISTRY)} schemas to {out}")
+
+
+@kafka.command("start")
+def kafka_start() -> None:
+    from shared.devbroker import main as broker
+
+    broker(["start"])
+
+
+@kafka.command("stop")
+def kafka_stop() -> None:
+    from shared.devbroker import main as broker
+
+    broker(["stop"])
+
+
+def _register_more() -> None:
+    from services.cli import packs  # noqa: F401  (it adds its commands to `app`)
+
+
+def main() -> Any:
+    _register_more()
+    return app()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

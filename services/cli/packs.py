@@ -1,0 +1,119 @@
+"""`packline submit` and `packline watch`: a pack's progress live in the terminal."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from typing import Annotated, Any
+
+import httpx
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+
+from shared.auth import make_api_key
+from shared.events import LISTING_KINDS
+from shared.settings import CommonSettings
+
+from services.cli import sse
+from services.cli.main import app
+
+console = Console(stderr=True)
+EXIT_CODES = {"COMPLETED": 0, "PARTIAL": 2, "FAILED": 1, "REJECTED": 1}
+
+
+def _api_key(api_key: str | None, user: str | None) -> str:
+    if api_key:
+        return api_key
+    if os.environ.get("PACKLINE_API_KEY"):
+        return os.environ["PACKLINE_API_KEY"]
+    if user:  # operators hold the secret, so they may act as a user
+        return make_api_key(CommonSettings().packline_secret, user)
+    raise typer.BadParameter("give --api-key, set PACKLINE_API_KEY, or --user")
+
+
+ApiKey = Annotated[str | None, typer.Option("--api-key", help="API key (or PACKLINE_API_KEY)")]
+User = Annotated[str | None, typer.Option("--user", help="act as this user (needs the secret)")]
+
+
+@app.command()
+def submit(
+    name: Annotated[str, typer.Option("--name")],
+    description: str = "",
+    feature: Annotated[list[str] | None, typer.Option("--feature")] = None,
+    style: str | None = None,
+    images: Annotated[list[str] | None, typer.Option("--images", help=f"kinds: {', '.join(LISTING_KINDS)}")] = None,
+    aplus: bool = False,
+    wait: bool = False,
+    idempotency_key: str | None = None,
+    api_key: ApiKey = None,
+    user: User = None,
+) -> None:
+    """Request a pack; with --wait, follow it live and exit non-zero unless it completes."""
+    s = CommonSettings()
+    key = _api_key(api_key, user)
+    body: dict[str, Any] = {
+        "product": {"name": name, "description": description, "features": feature or [], "style": style},
+        "images": images or None, "aplus": aplus,
+    }
+    headers = {"Authorization": f"Bearer {key}"}
+    if idempotency_key:
+        headers["Idempotency-Key"] = idempotency_key
+    response = httpx.post(f"{s.api_public_url.rstrip('/')}/v1/packs", json=body, headers=headers, timeout=30)
+    if response.status_code != 202:
+        console.print(f"[red]{response.status_code}[/red] {response.text}")
+        raise typer.Exit(1)
+    accepted = response.json()
+    console.print(f"pack {accepted['pack_id']} accepted, cost {accepted['cost']} credits")
+    typer.echo(accepted["pack_id"])
+    if wait:
+        raise typer.Exit(asyncio.run(_watch(accepted["stream_url"], {"Authorization": f"Bearer {key}"})))
+
+
+@app.command()
+def watch(pack_id: str, api_key: ApiKey = None, user: User = None) -> None:
+    """Follow a pack live: a progress bar, a line per image; exit code 0 COMPLETED,
+    2 PARTIAL, 1 FAILED or REJECTED."""
+    s = CommonSettings()
+    url = f"{s.notifier_public_url.rstrip('/')}/v1/packs/{pack_id}/events"
+    raise typer.Exit(asyncio.run(_watch(url, {"Authorization": f"Bearer {_api_key(api_key, user)}"})))
+
+
+async def _watch(url: str, headers: dict[str, str]) -> int:
+    status = "DRAFT"
+    images: dict[str, dict[str, Any]] = {}
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), console=console) as progress:
+        bar = progress.add_task("DRAFT", total=None)
+        try:
+            async for ev in sse.follow(url, headers):
+                data = ev.json()
+                if ev.event == "pack":
+                    status = data["status"]
+                    for img in data.get("images") or ():
+                        images[img["image_id"]] = img
+                elif ev.event == "image":
+                    before = images.get(data["image_id"], {}).get("status")
+                    images[data["image_id"]] = data
+                    if data["status"] != before:
+                        progress.console.print(_image_line(data))
+                done = sum(i["status"] in ("COMPLETED", "FAILED") for i in images.values())
+                progress.update(bar, description=f"{status} charged {data.get('charged', '')}".strip(), total=len(images) or None, completed=done)
+        except httpx.HTTPStatusError as exc:
+            console.print(f"[red]{exc}[/red]")
+            return 1
+    console.print(f"pack {status}")
+    for img in images.values():
+        if img.get("url"):
+            console.print(f"  {img['image_id']}: {img['url']}")
+    return EXIT_CODES.get(status, 1)
+
+
+def _image_line(img: dict[str, Any]) -> str:
+    extra = ""
+    if img["status"] == "RETRYING":
+        extra = f" (attempt {img['attempts']} failed: {img.get('error')}; next try {img.get('next_attempt_at')})"
+    elif img["status"] == "FAILED":
+        extra = f" ({img.get('error')})"
+    elif img["status"] == "COMPLETED":
+        extra = f" {img.get('url')}"
+    return f"  {img['image_id']:<18} {img['status']}{extra}"

@@ -1,0 +1,135 @@
+"""Credits logic over typed events: which ledger call, which events come out.
+
+Each function takes an event and the ledger and returns the messages to publish. Event
+ids are derived from the effect's key, so when a redelivered input re-emits its outputs
+every downstream consumer recognises them as the same events.
+"""
+
+from __future__ import annotations
+
+from shared.events import (
+    AccountCreate, BalanceQuery, CreditsBalance, CreditsChanged, CreditsGrant, Event, ImageCompleted,
+    ImageEntry, ImageFailed, ImageSpec, ImageReplayed, PackAccepted, PackRequested, PackStatus, stable_id,
+)
+from shared.errors import InvalidMessage, UnknownAccount
+from shared.kafka import Outgoing
+from shared.pricing import plan_pack
+from shared.topics import Topics
+
+from services.credits.ledger import Ledger, PackView
+
+COMMANDS = (AccountCreate, CreditsGrant, BalanceQuery)
+RESULTS = (ImageCompleted, ImageFailed, ImageReplayed)
+
+
+def _status(t: Topics, view: PackView, status: str, *parts: object, with_images: bool = True) -> Outgoing:
+    images = [
+        ImageEntry(image_id=i.image_id, kind=i.kind, status=i.status, attempts=i.attempts, url=i.url, error=i.error)  # type: ignore[arg-type]
+        for i in view.images
+    ]
+    event = PackStatus(
+        event_id=stable_id(view.pack_id, "status", status, *parts), pack_id=view.pack_id, user_id=view.user_id,
+        status=status, cost=view.cost, charged=view.charged, refunded=view.refunded, reason=view.reason,  # type: ignore[arg-type]
+        images=images if with_images else None,
+    )
+    return Outgoing.of(t.packs_status, event, view.pack_id)
+
+
+def _money(t: Topics, view: PackView, reason: str, key: str, image_id: str | None = None) -> Outgoing:
+    event = CreditsChanged(
+        event_id=stable_id("money", key), user_id=view.user_id, reason=reason,  # type: ignore[arg-type]
+        amount=view.money_moved, balance=view.balance or 0, pack_id=view.pack_id, image_id=image_id,
+    )
+    return Outgoing.of(t.credits_events, event, view.user_id)
+
+
+def on_pack_requested(ev: PackRequested, ledger: Ledger, t: Topics, price_listing: int, price_aplus: int) -> list[Outgoing]:
+    pack_id = str(ev.pack_id)
+    specs = plan_pack(ev.images, ev.aplus, price_listing, price_aplus)
+    view = ledger.accept_pack(pack_id, ev.user_id, specs)
+    if view.user_id != ev.user_id:
+        raise InvalidMessage(f"pack_id {pack_id} already belongs to another user")
+    draft = PackView(view.pack_id, view.user_id, "DRAFT", view.cost, 0, None, [])
+    out = [_status(t, draft, "DRAFT", with_images=False)]
+    if view.status == "REJECTED":
+        return out + [_status(t, view, "REJECTED")]
+    out.append(_processing(t, view, specs))
+    if view.created:
+        out.append(_money(t, view, "debited", f"debit:{pack_id}"))
+    accepted = PackAccepted(
+        event_id=stable_id(pack_id, "accepted"), pack_id=ev.pack_id, user_id=ev.user_id, product=ev.product,
+        images=specs, cost=view.cost,
+    )
+    # The PROCESSING status is acknowledged before generation can see the pack, so every
+    # image event lands after it in packs.status.
+    return out + [Outgoing.of(t.packs_accepted, accepted, pack_id)]
+
+
+def _processing(t: Topics, view: PackView, specs: list[ImageSpec]) -> Outgoing:
+    event = PackStatus(
+        event_id=stable_id(view.pack_id, "status", "PROCESSING", 0), pack_id=view.pack_id, user_id=view.user_id,
+        status="PROCESSING", cost=view.cost, charged=view.cost, refunded=0,
+        images=[ImageEntry(image_id=s.image_id, kind=s.kind) for s in specs],
+    )
+    return Outgoing.of(t.packs_status, event, view.pack_id)
+
+
+def on_image_result(ev: Event, ledger: Ledger, t: Topics) -> list[Outgoing]:
+    if isinstance(ev, ImageReplayed):
+        view = ledger.reopen_image(str(ev.pack_id), ev.image_id, ev.run)
+        if view is None or not view.created:
+            return []
+        return [_status(t, view, "PROCESSING", "reopened", ev.image_id, ev.run)]
+    assert isinstance(ev, (ImageCompleted, ImageFailed))
+    delivered = isinstance(ev, ImageCompleted)
+    view = ledger.record_image(
+        str(ev.pack_id), ev.image_id, run=ev.run, delivered=delivered, attempts=ev.attempts,
+        url=ev.url if isinstance(ev, ImageCompleted) else None,
+        error=ev.error if isinstance(ev, ImageFailed) else None,
+    )
+    if view is None or not view.created:
+        return []
+    out: list[Outgoing] = []
+    key = f"{ev.pack_id}:{ev.image_id}:{ev.run}"
+    if view.money_moved:
+        reason = "recharged" if delivered else "refunded"
+        out.append(_money(t, view, reason, f"{reason}:{key}", ev.image_id))
+        if view.status == "PROCESSING":  # live refund figures before the pack settles
+            out.append(_status(t, view, "PROCESSING", "money", key))
+    if view.status in ("COMPLETED", "PARTIAL", "FAILED"):
+        out.append(_status(t, view, view.status, "settled", max(i.run for i in view.images)))
+    return out
+
+
+def on_command(ev: Event, ledger: Ledger, t: Topics) -> list[Outgoing]:
+    out: list[Outgoing] = []
+    balance: int | None
+    error = None
+    if isinstance(ev, AccountCreate):
+        balance, created = ledger.create_account(ev.user_id, ev.credits)
+        if created:
+            out.append(_changed(t, ev, "account_created", ev.credits, balance))
+    elif isinstance(ev, CreditsGrant):
+        try:
+            balance, created = ledger.grant(ev.user_id, ev.amount, ev.event_id)
+            if created:
+                out.append(_changed(t, ev, "granted", ev.amount, balance))
+        except UnknownAccount:
+            balance, error = None, f"unknown account {ev.user_id!r}"
+    else:
+        assert isinstance(ev, BalanceQuery)
+        balance = ledger.balance(ev.user_id)
+        error = None if balance is not None else f"unknown account {ev.user_id!r}"
+    reply = CreditsBalance(
+        event_id=stable_id("reply", ev.event_id), user_id=ev.user_id, balance=balance, command_id=ev.event_id, error=error,
+    )
+    return out + [Outgoing.of(t.credits_events, reply, ev.user_id)]
+
+
+def _changed(t: Topics, ev: Event, reason: str, amount: int, balance: int) -> Outgoing:
+    user_id = ev.user_id  # type: ignore[attr-defined]
+    event = CreditsChanged(
+        event_id=stable_id("money", ev.event_id), user_id=user_id, reason=reason,  # type: ignore[arg-type]
+        amount=amount, balance=balance, command_id=ev.event_id,
+    )
+    return Outgoing.of(t.credits_events, event, user_id)

@@ -1,0 +1,251 @@
+"""The credits ledger (SQLAlchemy 2; SQLite by default, PostgreSQL in production).
+
+Every money movement is a row in `ledger_entries` with a unique `entry_key`, and every
+balance change happens in the same transaction as that row, so a redelivered or
+replayed event can never move money twice. `pack_images.charged` says whether an image's
+price is currently held; the refund/recharge flips are conditional on it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from sqlalchemy import (
+    Boolean, DateTime, ForeignKey, Integer, String, create_engine, event, func, select, update,
+)
+from sqlalchemy.engine import Engine
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
+
+from shared.errors import UnknownAccount
+from shared.events import ImageSpec
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class Account(Base):
+    __tablename__ = "accounts"
+    user_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    balance: Mapped[int] = mapped_column(Integer)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=_now)
+
+
+class LedgerEntry(Base):
+    __tablename__ = "ledger_entries"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    entry_key: Mapped[str] = mapped_column(String(200), unique=True)
+    user_id: Mapped[str] = mapped_column(ForeignKey("accounts.user_id"), index=True)
+    pack_id: Mapped[str | None] = mapped_column(String(36), index=True)
+    image_id: Mapped[str | None] = mapped_column(String(64))
+    amount: Mapped[int] = mapped_column(Integer)  # signed: + credits the account, - charges it
+    reason: Mapped[str] = mapped_column(String(32))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=_now)
+
+
+class Pack(Base):
+    __tablename__ = "packs"
+    pack_id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    user_id: Mapped[str] = mapped_column(String(64), index=True)
+    cost: Mapped[int] = mapped_column(Integer)
+    status: Mapped[str] = mapped_column(String(16))
+    reason: Mapped[str | None] = mapped_column(String(500))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=_now)
+
+
+class PackImage(Base):
+    __tablename__ = "pack_images"
+    pack_id: Mapped[str] = mapped_column(ForeignKey("packs.pack_id"), primary_key=True)
+    image_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    kind: Mapped[str] = mapped_column(String(32))
+    cost: Mapped[int] = mapped_column(Integer)
+    status: Mapped[str] = mapped_column(String(16), default="PENDING")
+    charged: Mapped[bool] = mapped_column(Boolean)
+    run: Mapped[int] = mapped_column(Integer, default=0)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    url: Mapped[str | None] = mapped_column(String(500))
+    error: Mapped[str | None] = mapped_column(String(1000))
+
+
+@dataclass
+class PackView:
+    """What the rest of the system is told about a pack after a ledger operation."""
+
+    pack_id: str
+    user_id: str
+    status: str
+    cost: int
+    charged: int
+    reason: str | None
+    images: list[PackImage]
+    balance: int | None = None
+    money_moved: int = 0  # signed change to the balance made by this very call
+    created: bool = False  # False when the call found its effect already applied
+
+    @property
+    def refunded(self) -> int:
+        return self.cost - self.charged if self.status != "REJECTED" else 0
+
+
+class Ledger:
+    def __init__(self, url: str) -> None:
+        self.engine: Engine = create_engine(url, future=True, **_engine_args(url))
+        if url.startswith("sqlite"):
+            event.listen(self.engine, "connect", _sqlite_pragmas)
+        self.sessions = sessionmaker(self.engine, expire_on_commit=False)
+
+    def create_schema(self) -> None:
+        Base.metadata.create_all(self.engine)
+
+    # --- accounts -------------------------------------------------------------------
+    def create_account(self, user_id: str, credits: int) -> tuple[int, bool]:
+        """Returns (balance, created). Creating an existing account changes nothing."""
+        with self.sessions.begin() as s:
+            existing = s.get(Account, user_id)
+            if existing:
+                return existing.balance, False
+            s.add(Account(user_id=user_id, balance=credits))
+            s.flush()
+            s.add(LedgerEntry(entry_key=f"open:{user_id}", user_id=user_id, amount=credits, reason="account_created"))
+        return credits, True
+
+    def grant(self, user_id: str, amount: int, key: str) -> tuple[int, bool]:
+        with self.sessions.begin() as s:
+            if s.get(Account, user_id) is None:
+                raise UnknownAccount(user_id)
+            if s.scalar(select(LedgerEntry.id).where(LedgerEntry.entry_key == f"grant:{key}")):
+                return self._balance(s, user_id), False
+            s.add(LedgerEntry(entry_key=f"grant:{key}", user_id=user_id, amount=amount, reason="granted"))
+            s.execute(update(Account).where(Account.user_id == user_id).values(balance=Account.balance + amount))
+            return self._balance(s, user_id), True
+
+    def balance(self, user_id: str) -> int | None:
+        with self.sessions() as s:
+            account = s.get(Account, user_id)
+            return account.balance if account else None
+
+    # --- packs ----------------------------------------------------------------------
+    def accept_pack(self, pack_id: str, user_id: str, specs: list[ImageSpec]) -> PackView:
+        """Debit the pack's cost once, or reject it. A second call returns the first outcome."""
+        cost = sum(s.cost for s in specs)
+        try:
+            with self.sessions.begin() as s:
+                pack = Pack(pack_id=pack_id, user_id=user_id, cost=cost, status="PROCESSING")
+                s.add(pack)
+                s.flush()  # the primary key is the idempotency guard: a duplicate fails here
+                if s.get(Account, user_id) is None:
+                    pack.status, pack.reason = "REJECTED", f"unknown account {user_id!r}"
+                    return self._view(s, pack, created=True)
+                # Conditional update: two credits instances can never overdraw the account.
+                debited = s.execute(
+                    update(Account)
+                    .where(Account.user_id == user_id, Account.balance >= cost)
+                    .values(balance=Account.balance - cost)
+                ).rowcount
+                if not debited:
+                    pack.status = "REJECTED"
+                    pack.reason = f"insufficient credits: pack costs {cost}, balance {self._balance(s, user_id)}"
+                    return self._view(s, pack, created=True)
+                s.add(LedgerEntry(entry_key=f"debit:{pack_id}", user_id=user_id, pack_id=pack_id, amount=-cost, reason="debited"))
+                for spec in specs:
+                    s.add(PackImage(pack_id=pack_id, image_id=spec.image_id, kind=spec.kind, cost=spec.cost, charged=True))
+                s.flush()
+                return self._view(s, pack, created=True, money_moved=-cost)
+        except IntegrityError:
+            with self.sessions() as s:
+                existing = s.get(Pack, pack_id)
+                if existing is None:
+                    raise
+                return self._view(s, existing, created=False)
+
+    def record_image(
+        self, pack_id: str, image_id: str, *, run: int, delivered: bool, attempts: int,
+        url: str | None = None, error: str | None = None,
+    ) -> PackView | None:
+        """Apply an image's outcome: a failure refunds a held price, a delivery of a
+        refunded (replayed) image charges it again. Stale or repeated outcomes change nothing."""
+        with self.sessions.begin() as s:
+            pack = s.get(Pack, pack_id, with_for_update=True)
+            img = s.get(PackImage, (pack_id, image_id), with_for_update=True)
+            if pack is None or img is None:
+                return None
+            if run < img.run or img.status == "COMPLETED" or (img.status == "FAILED" and run == img.run and not delivered):
+                return self._view(s, pack, created=False)
+            img.run, img.attempts = run, attempts
+            moved = 0
+            if delivered:
+                img.status, img.url, img.error = "COMPLETED", url, None
+                if not img.charged:
+                    moved = self._move(s, pack, img, -img.cost, "recharged", f"recharge:{pack_id}:{image_id}:{run}")
+            else:
+                img.status, img.error = "FAILED", error
+                if img.charged:
+                    moved = self._move(s, pack, img, img.cost, "refunded", f"refund:{pack_id}:{image_id}:{run}")
+            img.charged = delivered
+            images = list(s.scalars(select(PackImage).where(PackImage.pack_id == pack_id)))
+            if all(i.status in ("COMPLETED", "FAILED") for i in images):
+                done = sum(i.status == "COMPLETED" for i in images)
+                pack.status = "COMPLETED" if done == len(images) else "PARTIAL" if done else "FAILED"
+            s.flush()
+            return self._view(s, pack, created=True, money_moved=moved)
+
+    def reopen_image(self, pack_id: str, image_id: str, run: int) -> PackView | None:
+        """An operator replays a dead-lettered image: it is pending again under a new run."""
+        with self.sessions.begin() as s:
+            pack = s.get(Pack, pack_id, with_for_update=True)
+            img = s.get(PackImage, (pack_id, image_id), with_for_update=True)
+            if pack is None or img is None:
+                return None
+            if run <= img.run or img.status != "FAILED":
+                return self._view(s, pack, created=False)
+            img.run, img.status, img.attempts, img.error = run, "PENDING", 0, None
+            pack.status = "PROCESSING"
+            s.flush()
+            return self._view(s, pack, created=True)
+
+    def pack(self, pack_id: str) -> PackView | None:
+        with self.sessions() as s:
+            pack = s.get(Pack, pack_id)
+            return self._view(s, pack) if pack else None
+
+    # --- helpers --------------------------------------------------------------------
+    def _move(self, s: Session, pack: Pack, img: PackImage, amount: int, reason: str, key: str) -> int:
+        s.add(LedgerEntry(entry_key=key, user_id=pack.user_id, pack_id=pack.pack_id, image_id=img.image_id, amount=amount, reason=reason))
+        s.execute(update(Account).where(Account.user_id == pack.user_id).values(balance=Account.balance + amount))
+        return amount
+
+    def _balance(self, s: Session, user_id: str) -> int:
+        return int(s.scalar(select(Account.balance).where(Account.user_id == user_id)) or 0)
+
+    def _view(self, s: Session, pack: Pack, created: bool = False, money_moved: int = 0) -> PackView:
+        images = list(s.scalars(select(PackImage).where(PackImage.pack_id == pack.pack_id).order_by(PackImage.image_id)))
+        charged = sum(i.cost for i in images if i.charged)
+        return PackView(
+            pack_id=pack.pack_id, user_id=pack.user_id, status=pack.status, cost=pack.cost, charged=charged,
+            reason=pack.reason, images=images, balance=self._balance(s, pack.user_id),
+            money_moved=money_moved, created=created,
+        )
+
+    def ledger_sum(self, pack_id: str) -> int:
+        with self.sessions() as s:
+            return int(s.scalar(select(func.coalesce(func.sum(LedgerEntry.amount), 0)).where(LedgerEntry.pack_id == pack_id)) or 0)
+
+
+def _engine_args(url: str) -> dict[str, object]:
+    if url.startswith("sqlite"):
+        return {"connect_args": {"check_same_thread": False, "timeout": 30}}
+    return {"pool_pre_ping": True}
+
+
+def _sqlite_pragmas(dbapi_conn: object, _record: object) -> None:
+    cur = dbapi_conn.cursor()  # type: ignore[attr-defined]
+    cur.execute("PRAGMA journal_mode=WAL")
+    cur.execute("PRAGMA synchronous=NORMAL")
+    cur.execute("PRAGMA foreign_keys=ON")
+    cur.close()

@@ -1,0 +1,21 @@
+from __future__ import annotations
+
+from pydantic import Field, model_validator
+
+from shared.settings import CommonSettings
+
+
+class Settings(CommonSettings):
+    database_url: str = ""  # default: sqlite under VAR_DIR (var/credits.db)
+    credits_port: int = Field(default=8002, description="metrics and health")
+
+    @model_validator(mode="after")
+    def _database(self) -> "Settings":
+        if not self.database_url:
+            self.var_dir.mkdir(parents=True, exist_ok=True)
+            self.database_url = f"sqlite:///{self.var_dir / 'credits.db'}"
+        return self
+
+
+def get_settings() -> Settings:
+    return Settings()

@@ -1,0 +1,124 @@
+"""Image backends. Both raise the domain's TransientImageError / PermanentImageError, so
+the retry policy never looks at a vendor's exception types."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hashlib
+import io
+import random
+from typing import Protocol
+
+import openai
+from PIL import Image, ImageDraw
+
+from shared.errors import PermanentImageError, TransientImageError
+from shared.events import ImageJob
+
+from services.generation.settings import Settings
+
+
+class ImageBackend(Protocol):
+    async def generate(self, job: ImageJob) -> bytes: ...
+
+
+class LocalBackend:
+    """Renders a real PNG of the requested size after the configured latency."""
+
+    def __init__(self, settings: Settings, rng: random.Random | None = None) -> None:
+        self.latency_s = settings.local_image_latency_ms / 1000
+        self.failure_rate = settings.local_image_failure_rate
+        self.fail_first = settings.local_image_fail_first
+        self.permanent_kinds = settings.permanent_fail_kinds
+        self.rng = rng or random.Random()
+
+    async def generate(self, job: ImageJob) -> bytes:
+        await asyncio.sleep(self.latency_s)
+        if job.kind in self.permanent_kinds:
+            raise PermanentImageError(f"the local backend refuses {job.kind!r} images (content policy)")
+        if job.attempt <= self.fail_first or self.rng.random() < self.failure_rate:
+            raise TransientImageError(f"local backend: injected transient failure on attempt {job.attempt}")
+        return await asyncio.to_thread(render_png, job.prompt, job.width, job.height, job.kind)
+
+
+def render_png(prompt: str, width: int, height: int, label: str) -> bytes:
+    digest = hashlib.sha256(prompt.encode()).digest()
+    image = Image.new("RGB", (width, height), (digest[0], digest[1], digest[2]))
+    draw = ImageDraw.Draw(image)
+    inset = min(width, height) // 8
+    draw.rectangle((inset, inset, width - inset, height - inset), fill=(digest[3], digest[4], digest[5]))
+    y = inset + 10
+    for line in [label.upper(), *_wrap(prompt, 60)[:12]]:
+        draw.text((inset + 10, y), line, fill=(255, 255, 255))
+        y += 16
+    buf = io.BytesIO()
+    image.save(buf, format="PNG", compress_level=1)
+    return buf.getvalue()
+
+
+def _wrap(text: str, width: int) -> list[str]:
+    words, lines, line = text.split(), [], ""
+    for word in words:
+        if len(line) + len(word) + 1 > width:
+            lines.append(line)
+            line = word
+        else:
+            line = f"{line} {word}".strip()
+    return lines + ([line] if line else [])
+
+
+class OpenAIBackend:
+    """The real `openai` client; its own retries are off because retries are ours (retry topics)."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.client = openai.AsyncOpenAI(
+            api_key=settings.openai_api_key, base_url=settings.openai_base_url,
+            max_retries=0, timeout=settings.openai_timeout_s,
+        )
+        self.model = settings.image_model
+
+    async def generate(self, job: ImageJob) -> bytes:
+        try:
+            response = await self.client.images.generate(
+                model=self.model, prompt=job.prompt, size=f"{job.width}x{job.height}", n=1,  # type: ignore[arg-type]
+            )
+        except (openai.APITimeoutError, openai.APIConnectionError) as exc:
+            raise TransientImageError(f"image API unreachable: {exc}") from exc
+        except openai.APIStatusError as exc:
+            raise classify_status(exc) from exc
+        if not response.data or not response.data[0].b64_json:
+            raise TransientImageError("image API answered without image data")
+        return base64.b64decode(response.data[0].b64_json)
+
+    async def close(self) -> None:
+        await self.client.close()
+
+
+def classify_status(exc: openai.APIStatusError) -> Exception:
+    status = exc.status_code
+    message = _api_message(exc)
+    if status == 429 or status >= 500 or status in (408, 409):
+        return TransientImageError(f"image API {status}: {message}", _retry_after(exc))
+    return PermanentImageError(f"image API {status}: {message}")
+
+
+def _api_message(exc: openai.APIStatusError) -> str:
+    body = exc.body
+    if isinstance(body, dict):
+        inner = body.get("error", body)
+        if isinstance(inner, dict) and inner.get("message"):
+            return str(inner["message"])
+    return exc.message
+
+
+def _retry_after(exc: openai.APIStatusError) -> float | None:
+    value = exc.response.headers.get("retry-after")
+    try:
+        return max(0.0, float(value)) if value is not None else None
+    except ValueError:
+        return None
+
+
+def make_backend(settings: Settings) -> ImageBackend:
+    return OpenAIBackend(settings) if settings.image_backend == "openai" else LocalBackend(settings)

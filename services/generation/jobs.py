@@ -1,0 +1,69 @@
+"""Runs one image job: GENERATING -> backend -> store -> COMPLETED, or hands the failure
+to the retry policy. It never sleeps on a retry: the job leaves through a retry topic."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from typing import Any
+
+from prometheus_client import Counter, Histogram
+
+from shared.events import ImageJob
+from shared.kafka import Publisher
+from shared.topics import Topics
+
+from services.generation import handlers
+from services.generation.backends import ImageBackend
+from services.generation.storage import ImageStore
+
+log = logging.getLogger("packline.generation")
+IMAGES = Counter("packline_images_total", "image jobs by outcome", ["outcome"])
+BACKEND_SECONDS = Histogram("packline_backend_seconds", "image backend latency")
+
+
+class JobRunner:
+    def __init__(
+        self, backend: ImageBackend, store: ImageStore, publisher: Publisher, topics: Topics,
+        policy: handlers.RetryPolicy, rng: random.Random | None = None,
+    ) -> None:
+        self.backend, self.store, self.publisher, self.topics = backend, store, publisher, topics
+        self.policy = policy
+        self.rng = rng or random.Random()
+        self.in_flight: set[tuple[str, str, int]] = set()
+
+    async def run(self, job: ImageJob, source_topic: str, headers: Any) -> None:
+        key = (str(job.pack_id), job.image_id, job.run)
+        if key in self.in_flight:
+            return  # a redelivered copy of a job this process is already generating
+        self.in_flight.add(key)
+        try:
+            await self._run(job, source_topic, list(headers or ()))
+        finally:
+            self.in_flight.discard(key)
+
+    async def _run(self, job: ImageJob, source_topic: str, headers: list[tuple[str, bytes]]) -> None:
+        pack_id = str(job.pack_id)
+        url = self.store.url(pack_id, job.image_id)
+        if self.store.exists(pack_id, job.image_id):
+            # Redelivery or replay of an image that already exists: report it, do not pay twice.
+            IMAGES.labels("duplicate").inc()
+            await self.publisher.send(handlers.succeeded(job, url, self.topics))
+            return
+        await self.publisher.send([handlers.generating(job, self.topics)])
+        try:
+            with BACKEND_SECONDS.time():
+                data = await self.backend.generate(job)
+            await asyncio.to_thread(self.store.save, pack_id, job.image_id, job.user_id, data)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            IMAGES.labels(type(exc).__name__).inc()
+            log.info("image %s/%s attempt %d failed: %r", pack_id, job.image_id, job.attempt, exc)
+            await self.publisher.send(
+                handlers.failed(job, exc, self.policy, self.topics, source_topic, headers, self.rng)
+            )
+            return
+        IMAGES.labels("completed").inc()
+        await self.publisher.send(handlers.succeeded(job, url, self.topics))

@@ -1,0 +1,92 @@
+"""Retry tiers: a plain aiokafka consumer (its own group) that moves due jobs from
+`images.retry.<tier>` back to `images.jobs`.
+
+A tier's partition is paused while its head message is not due, so waiting costs no
+handler and blocks nothing else; offsets are committed only after the job is back on
+`images.jobs`. faust is not used here because it resumes partitions on its own.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+
+from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
+
+from shared.kafka import Outgoing, Publisher, header
+from shared.topics import Topics
+
+log = logging.getLogger("packline.retry")
+
+
+class _Forget(ConsumerRebalanceListener):  # type: ignore[misc]
+    def __init__(self, waiting: dict[TopicPartition, int]) -> None:
+        self.waiting = waiting
+
+    async def on_partitions_revoked(self, revoked: list[TopicPartition]) -> None:
+        for tp in revoked:
+            self.waiting.pop(tp, None)
+
+    async def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
+        pass
+
+
+class RetryForwarder:
+    def __init__(self, bootstrap: str, group: str, topics: Topics, publisher: Publisher) -> None:
+        self.topics = topics
+        self.publisher = publisher
+        self.waiting: dict[TopicPartition, int] = {}  # paused partition -> due time (epoch ms)
+        self.bootstrap, self.group = bootstrap, group
+        self._task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        self.consumer = AIOKafkaConsumer(
+            bootstrap_servers=self.bootstrap, group_id=self.group, enable_auto_commit=False,
+            auto_offset_reset="earliest", client_id=f"{self.group}-consumer",
+        )
+        await self.consumer.start()
+        self.consumer.subscribe(self.topics.retry_topics, listener=_Forget(self.waiting))
+        self._task = asyncio.create_task(self._loop(), name="retry-forwarder")
+
+    async def stop(self) -> None:
+        if self._task:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+        await self.consumer.stop()
+
+    async def _loop(self) -> None:
+        while True:
+            try:
+                await self._once()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("retry forwarder failed; carrying on")
+                await asyncio.sleep(1)
+
+    async def _once(self) -> None:
+        now_ms = int(time.time() * 1000)
+        for tp, due in list(self.waiting.items()):
+            if due <= now_ms:
+                del self.waiting[tp]
+                if tp in self.consumer.assignment():
+                    self.consumer.resume(tp)
+        wait_ms = min([500, *(max(0, d - now_ms) for d in self.waiting.values())])
+        batches = await self.consumer.getmany(timeout_ms=max(wait_ms, 10))
+        for tp, messages in batches.items():
+            forward: list[Outgoing] = []
+            last = None
+            for m in messages:
+                due = int(header(m.headers, "x-due-at") or 0)
+                if due > int(time.time() * 1000):
+                    # Not due: park the partition at this message and look again at its due time.
+                    self.consumer.pause(tp)
+                    self.consumer.seek(tp, m.offset)
+                    self.waiting[tp] = due
+                    break
+                forward.append(Outgoing(self.topics.images_jobs, m.value or b"", m.key or b"", list(m.headers)))
+                last = m.offset
+            if forward and last is not None:
+                await self.publisher.send(forward)
+                await self.consumer.commit({tp: last + 1})

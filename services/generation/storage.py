@@ -1,0 +1,43 @@
+"""Where finished images live: var/images/<pack_id>/<image_id>.png, written atomically,
+so a file that exists is a complete image (the generation idempotency check)."""
+
+from __future__ import annotations
+
+import json
+import os
+import uuid
+import re
+from pathlib import Path
+
+SAFE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+
+
+class ImageStore:
+    def __init__(self, root: Path, public_url: str) -> None:
+        self.root = root
+        self.public_url = public_url.rstrip("/")
+
+    def path(self, pack_id: str, image_id: str) -> Path:
+        if not SAFE.match(image_id) or not SAFE.match(pack_id.replace("-", "_")):
+            raise ValueError(f"unsafe image path {pack_id}/{image_id}")
+        return self.root / pack_id / f"{image_id}.png"
+
+    def exists(self, pack_id: str, image_id: str) -> bool:
+        return self.path(pack_id, image_id).exists()
+
+    def save(self, pack_id: str, image_id: str, user_id: str, data: bytes) -> None:
+        target = self.path(pack_id, image_id)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        meta = target.parent / "meta.json"
+        if not meta.exists():  # the owner, so the api can refuse everyone else
+            _atomic_write(meta, json.dumps({"pack_id": pack_id, "user_id": user_id}).encode())
+        _atomic_write(target, data)
+
+    def url(self, pack_id: str, image_id: str) -> str:
+        return f"{self.public_url}/v1/images/{pack_id}/{image_id}"
+
+
+def _atomic_write(target: Path, data: bytes) -> None:
+    tmp = target.with_name(f".{target.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
+    tmp.write_bytes(data)
+    os.replace(tmp, target)

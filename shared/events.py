@@ -1,0 +1,298 @@
+"""Typed, versioned events: one pydantic model per event type, plain JSON on the wire.
+
+Rules (see README "Events"): fields are only ever added; a breaking change bumps
+`version` and registers an upcaster from the old version. `schemas/` is generated
+from these models (`packline schemas export`) and a test fails when they drift.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Annotated, Any, ClassVar, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
+
+from shared.errors import InvalidMessage
+
+UserId = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_-]{1,64}$")]
+ImageKind = Literal["main", "lifestyle", "infographic", "detail", "scale", "packaging"]
+AplusKind = Literal["aplus_banner", "aplus_features", "aplus_comparison", "aplus_story"]
+PackStatusName = Literal["DRAFT", "PROCESSING", "COMPLETED", "PARTIAL", "FAILED", "REJECTED"]
+ImageStatusName = Literal["PENDING", "GENERATING", "RETRYING", "COMPLETED", "FAILED"]
+ShortText = Annotated[str, StringConstraints(max_length=300)]
+
+LISTING_KINDS: tuple[str, ...] = ("main", "lifestyle", "infographic", "detail", "scale", "packaging")
+APLUS_KINDS: tuple[str, ...] = ("aplus_banner", "aplus_features", "aplus_comparison", "aplus_story")
+TERMINAL_PACK = frozenset({"COMPLETED", "PARTIAL", "FAILED", "REJECTED"})
+TERMINAL_IMAGE = frozenset({"COMPLETED", "FAILED"})
+NAMESPACE = uuid.UUID("6b1f0f5e-7a52-4c33-9a8e-0d3c1f2b7a10")
+
+
+def stable_id(*parts: object) -> str:
+    """Deterministic ids make re-emitted events and re-run effects collapse into one."""
+    return str(uuid.uuid5(NAMESPACE, "/".join(str(p) for p in parts)))
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class Product(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: Annotated[str, StringConstraints(min_length=1, max_length=200, strip_whitespace=True)]
+    description: Annotated[str, StringConstraints(max_length=4000)] = ""
+    features: Annotated[list[ShortText], Field(max_length=20)] = []
+    style: Annotated[str, StringConstraints(max_length=200)] | None = None
+
+
+class ImageSpec(BaseModel):
+    image_id: str
+    kind: str
+    cost: int
+    width: int = 1024
+    height: int = 1024
+
+
+class ImageEntry(BaseModel):
+    image_id: str
+    kind: str
+    status: ImageStatusName = "PENDING"
+    attempts: int = 0
+    url: str | None = None
+    error: str | None = None
+    next_attempt_at: datetime | None = None
+
+
+class Event(BaseModel):
+    """Envelope fields shared by every event."""
+
+    TYPE: ClassVar[str]
+    VERSION: ClassVar[int] = 1
+    event_id: str = Field(default_factory=lambda: str(uuid.uuid4()))
+    type: str
+    version: int
+    occurred_at: datetime = Field(default_factory=utcnow)
+
+    def __init_subclass__(cls, **kw: Any) -> None:
+        super().__init_subclass__(**kw)
+        if "TYPE" in cls.__dict__:
+            REGISTRY[cls.TYPE] = cls
+
+    def __init__(self, **data: Any) -> None:
+        data.setdefault("type", self.TYPE)
+        data.setdefault("version", self.VERSION)
+        super().__init__(**data)
+
+    def encode(self) -> bytes:
+        return self.model_dump_json().encode()
+
+
+REGISTRY: dict[str, type[Event]] = {}
+# (type, from_version) -> function turning that version's dict into the next version's.
+UPCASTERS: dict[tuple[str, int], Callable[[dict[str, Any]], dict[str, Any]]] = {}
+
+
+class PackRequested(Event):
+    TYPE = "pack.requested"
+    type: Literal["pack.requested"]
+    version: Literal[1]
+    pack_id: uuid.UUID
+    user_id: UserId
+    product: Product
+    images: Annotated[list[ImageKind], Field(min_length=1, max_length=6)] = list(LISTING_KINDS)  # type: ignore[assignment]
+    aplus: bool = False
+    idempotency_key: str | None = None
+    request_hash: str | None = None
+
+
+class PackAccepted(Event):
+    TYPE = "pack.accepted"
+    type: Literal["pack.accepted"]
+    version: Literal[1]
+    pack_id: uuid.UUID
+    user_id: UserId
+    product: Product
+    images: list[ImageSpec]
+    cost: int
+
+
+class PackStatus(Event):
+    TYPE = "pack.status"
+    type: Literal["pack.status"]
+    version: Literal[1]
+    pack_id: uuid.UUID
+    user_id: UserId
+    status: PackStatusName
+    cost: int = 0
+    charged: int = 0
+    refunded: int = 0
+    reason: str | None = None
+    images: list[ImageEntry] | None = None
+
+
+class ImageStatus(Event):
+    TYPE = "image.status"
+    type: Literal["image.status"]
+    version: Literal[1]
+    pack_id: uuid.UUID
+    user_id: UserId
+    image: ImageEntry
+    run: int = 0
+
+
+class ImageJob(Event):
+    TYPE = "image.job"
+    type: Literal["image.job"]
+    version: Literal[1]
+    pack_id: uuid.UUID
+    user_id: UserId
+    image_id: str
+    kind: str
+    prompt: str
+    width: int = 1024
+    height: int = 1024
+    cost: int = 1
+    attempt: int = 1
+    run: int = 0
+
+
+class ImageCompleted(Event):
+    TYPE = "image.completed"
+    type: Literal["image.completed"]
+    version: Literal[1]
+    pack_id: uuid.UUID
+    user_id: UserId
+    image_id: str
+    kind: str
+    run: int = 0
+    attempts: int
+    url: str
+    cost: int
+
+
+class ImageFailed(Event):
+    TYPE = "image.failed"
+    type: Literal["image.failed"]
+    version: Literal[1]
+    pack_id: uuid.UUID
+    user_id: UserId
+    image_id: str
+    kind: str
+    run: int = 0
+    attempts: int
+    error: str
+    error_type: str
+    cost: int
+
+
+class ImageReplayed(Event):
+    """An operator sent a dead-lettered job back: the image (and its pack) reopen."""
+
+    TYPE = "image.replayed"
+    type: Literal["image.replayed"]
+    version: Literal[1]
+    pack_id: uuid.UUID
+    user_id: UserId
+    image_id: str
+    kind: str
+    run: int
+    dlq_entry: str
+    operator: str
+
+
+class AccountCreate(Event):
+    TYPE = "account.create"
+    type: Literal["account.create"]
+    version: Literal[1]
+    user_id: UserId
+    credits: int = Field(ge=0)
+
+
+class CreditsGrant(Event):
+    TYPE = "credits.grant"
+    type: Literal["credits.grant"]
+    version: Literal[1]
+    user_id: UserId
+    amount: int
+
+
+class BalanceQuery(Event):
+    TYPE = "balance.query"
+    type: Literal["balance.query"]
+    version: Literal[1]
+    user_id: UserId
+
+
+class CreditsChanged(Event):
+    TYPE = "credits.changed"
+    type: Literal["credits.changed"]
+    version: Literal[1]
+    user_id: UserId
+    reason: Literal["account_created", "granted", "debited", "refunded", "recharged"]
+    amount: int
+    balance: int
+    pack_id: uuid.UUID | None = None
+    image_id: str | None = None
+    command_id: str | None = None
+
+
+class CreditsBalance(Event):
+    TYPE = "credits.balance"
+    type: Literal["credits.balance"]
+    version: Literal[1]
+    user_id: UserId
+    balance: int | None
+    command_id: str
+    error: str | None = None
+
+
+class DlqReplayed(Event):
+    TYPE = "dlq.replayed"
+    type: Literal["dlq.replayed"]
+    version: Literal[1]
+    operator: str
+    entries: list[str]
+    pack_ids: list[str]
+    dry_run: bool = False
+
+
+def decode(raw: bytes | None, accept: tuple[type[Event], ...] | None = None) -> Event:
+    """bytes -> the newest version of a typed event, or InvalidMessage with the reason."""
+    if raw is None:
+        raise InvalidMessage("empty message (tombstone)")
+    try:
+        data = json.loads(raw)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise InvalidMessage(f"not JSON: {exc}") from exc
+    if not isinstance(data, dict):
+        raise InvalidMessage("not a JSON object")
+    etype, version = data.get("type"), data.get("version")
+    model = REGISTRY.get(etype) if isinstance(etype, str) else None
+    if model is None:
+        raise InvalidMessage(f"unknown event type {etype!r}")
+    if accept is not None and model not in accept:
+        raise InvalidMessage(f"event type {etype!r} does not belong on this topic")
+    if not isinstance(version, int) or not 1 <= version <= model.VERSION:
+        raise InvalidMessage(f"unsupported version {version!r} of {etype}")
+    while version < model.VERSION:
+        data = UPCASTERS[(etype, version)](data)
+        version += 1
+        data["version"] = version
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        raise InvalidMessage(f"{etype} v{version} fails its schema: {_short(exc)}") from exc
+
+
+def _short(exc: ValidationError) -> str:
+    return "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors()[:5])
+
+
+def json_schema(model: type[Event]) -> dict[str, Any]:
+    schema = model.model_json_schema()
+    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+    schema["$id"] = f"https://packline.dev/schemas/{model.TYPE}.v{model.VERSION}.json"
+    return schema

@@ -1,0 +1,170 @@
+"""Kafka plumbing every service uses: an idempotent acks=all publisher, topic creation,
+dead-letter headers."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiokafka import AIOKafkaProducer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import KafkaError, TopicAlreadyExistsError
+
+from shared.errors import BrokerUnavailable
+from shared.events import Event
+from shared.topics import Topics
+
+log = logging.getLogger("packline.kafka")
+Headers = list[tuple[str, bytes]]
+
+
+def header(headers: Sequence[tuple[str, bytes]] | None, name: str) -> str | None:
+    for key, value in headers or ():
+        if key == name:
+            return value.decode(errors="replace")
+    return None
+
+
+def key_bytes(key: object) -> bytes:
+    return str(key).encode()
+
+
+@dataclass
+class Outgoing:
+    topic: str
+    value: bytes
+    key: bytes
+    headers: Headers = field(default_factory=list)
+
+    @classmethod
+    def of(cls, topic: str, event: Event, key: object, headers: Headers | None = None) -> "Outgoing":
+        return cls(topic, event.encode(), key_bytes(key), headers or [])
+
+
+class Publisher:
+    """Every effect a service has on the world goes through here, and is acknowledged
+    by all in-sync replicas before the caller moves on (so before any offset commit)."""
+
+    def __init__(self, bootstrap: str, client_id: str, timeout_s: float = 10.0) -> None:
+        self.bootstrap, self.client_id, self.timeout_s = bootstrap, client_id, timeout_s
+        self._producer: AIOKafkaProducer | None = None
+        self._lock = asyncio.Lock()
+
+    async def start(self) -> None:
+        async with self._lock:
+            if self._producer is None:
+                await self._start()
+
+    async def _start(self) -> None:
+        # aiokafka clients bind the running loop, so they are built here, not in __init__.
+        self._producer = AIOKafkaProducer(
+            bootstrap_servers=self.bootstrap,
+            client_id=self.client_id,
+            acks="all",
+            enable_idempotence=True,
+            linger_ms=1,
+            request_timeout_ms=int(self.timeout_s * 1000),
+        )
+        await self._producer.start()
+
+
+    async def stop(self) -> None:
+        if self._producer is not None:
+            await self._producer.stop()
+            self._producer = None
+
+    async def send(self, messages: Iterable[Outgoing]) -> None:
+        """Send in order (the idempotent producer keeps per-partition order), wait for all acks."""
+        if self._producer is None:  # a worker's agents may send before its services start
+            await self.start()
+        producer = self._producer
+        assert producer is not None
+
+        async def send_all() -> None:
+            futures = [
+                await producer.send(m.topic, m.value, key=m.key, headers=m.headers)
+                for m in messages
+            ]
+            await asyncio.gather(*futures)
+
+        try:
+            await asyncio.wait_for(send_all(), self.timeout_s)
+        except (KafkaError, TimeoutError) as exc:
+            raise BrokerUnavailable(f"Kafka did not acknowledge: {exc!r}") from exc
+
+    async def publish(self, topic: str, event: Event, key: object, headers: Headers | None = None) -> None:
+        await self.send([Outgoing.of(topic, event, key, headers)])
+
+
+def failure_headers(
+    *, attempts: int, error: str, error_type: str, original_topic: str, first_failed_at_ms: int | None,
+    extra: dict[str, Any] | None = None,
+) -> Headers:
+    """The contract's headers on every retried or dead-lettered message."""
+    values: dict[str, Any] = {
+        "x-attempts": attempts,
+        "x-error": error[:1000],
+        "x-error-type": error_type,
+        "x-original-topic": original_topic,
+        "x-first-failed-at": first_failed_at_ms or int(time.time() * 1000),
+        **(extra or {}),
+    }
+    return [(k, str(v).encode()) for k, v in values.items() if v is not None]
+
+
+def invalid_message(
+    topics: Topics, *, topic: str, partition: int, offset: int, key: bytes | None, value: bytes | None,
+    reason: str, error_type: str = "InvalidMessage",
+) -> Outgoing:
+    headers = failure_headers(
+        attempts=1, error=reason, error_type=error_type, original_topic=topic, first_failed_at_ms=None,
+        extra={"x-original-partition": partition, "x-original-offset": offset},
+    )
+    return Outgoing(topics.invalid_dlq, value or b"", key or b"", headers)
+
+
+async def ensure_topics(bootstrap: str, topics: Topics, partitions: int, replication: int = 1) -> None:
+    """Create every contract topic that does not exist yet (idempotent)."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, client_id="packline-admin")
+    await admin.start()
+    try:
+        existing = set(await admin.list_topics())
+        # Dead-letter and audit topics keep their messages: operators read them weeks later.
+        keep = {topics.images_dlq, topics.invalid_dlq, topics.ops_audit}
+        new = [
+            NewTopic(
+                name, num_partitions=partitions, replication_factor=replication,
+                topic_configs={"retention.ms": "-1"} if name in keep else {},
+            )
+            for name in topics.all() if name not in existing
+        ]
+        if new:
+            try:
+                await admin.create_topics(new)
+            except TopicAlreadyExistsError:
+                pass
+            log.info("created topics %s", [t.name for t in new])
+    finally:
+        await admin.close()
+
+
+async def partitions_of(bootstrap: str, topic: str, timeout_s: float = 15.0) -> list[TopicPartition]:
+    """The partitions of `topic`, waiting for it to exist (consumers without a group
+    assign them by hand)."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, client_id="packline-admin")
+    await admin.start()
+    try:
+        deadline = time.monotonic() + timeout_s
+        while True:
+            [described] = await admin.describe_topics([topic])
+            if described["error_code"] == 0 and described["partitions"]:
+                return sorted(TopicPartition(topic, p["partition"]) for p in described["partitions"])
+            if time.monotonic() > deadline:
+                raise BrokerUnavailable(f"topic {topic} does not exist")
+            await asyncio.sleep(0.2)
+    finally:
+        await admin.close()

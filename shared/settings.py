@@ -1,0 +1,61 @@
+"""Settings every service shares. Each service subclasses this once in its own settings.py."""
+
+from __future__ import annotations
+
+import logging
+import secrets
+from pathlib import Path
+
+from pydantic import Field, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from shared.topics import Topics
+
+log = logging.getLogger("packline.settings")
+ROOT = Path(__file__).resolve().parent.parent
+
+
+class CommonSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_file=None, extra="ignore")
+
+    kafka_bootstrap_servers: str = "127.0.0.1:9092"
+    # Extension: isolates a whole deployment (or one test) on a shared broker.
+    topic_prefix: str = ""
+    topic_partitions: int = Field(default=6, ge=1)
+    var_dir: Path = ROOT / "var"
+    packline_secret: str = ""
+    notifier_public_url: str = "http://127.0.0.1:8001"
+    api_public_url: str = "http://127.0.0.1:8000"
+    price_listing: int = Field(default=1, ge=0)
+    price_aplus: int = Field(default=2, ge=0)
+    stream_token_ttl_s: int = Field(default=24 * 3600, ge=1)
+
+    @model_validator(mode="after")
+    def _secret(self) -> "CommonSettings":
+        if not self.packline_secret:
+            self.packline_secret = load_or_create_secret(self.var_dir / "secret")
+        return self
+
+    @property
+    def topics(self) -> Topics:
+        return Topics(self.topic_prefix)
+
+    @property
+    def images_dir(self) -> Path:
+        return self.var_dir / "images"
+
+
+def load_or_create_secret(path: Path) -> str:
+    """A generated per-install secret beats a hard-coded default; say so loudly anyway."""
+    if path.exists():
+        return path.read_text().strip()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    value = secrets.token_urlsafe(32)
+    try:
+        with open(path, "x") as fh:  # another process may be creating it right now
+            fh.write(value)
+        path.chmod(0o600)
+        log.warning("PACKLINE_SECRET not set: generated %s (set it explicitly in production)", path)
+        return value
+    except FileExistsError:
+        return path.read_text().strip()
