@@ -142,7 +142,7 @@ def kafka_stop() -> None:
 
 
 def _register_more() -> None:
-    from services.cli import packs  # noqa: F401  (it adds its commands to `app`)
+    from services.cli import packs, run  # noqa: F401  (they add their commands to `app`)
 
 
 def main() -> Any:

@@ -7,7 +7,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Annotated, Any
 
-from fastapi import Depends, FastAPI, HTTPException, Query, Request, Response
+from fastapi import FastAPI, HTTPException, Query, Request, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, Gauge, generate_latest
 from sse_starlette import EventSourceResponse
@@ -22,6 +22,7 @@ from services.notifier.settings import Settings
 from services.notifier.state import PackState, Store
 
 SUBSCRIBERS = Gauge("packline_sse_subscribers", "open SSE connections")
+Token = Annotated[str | None, Query(max_length=2000, description="stream token from POST /v1/packs")]
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -66,8 +67,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         if pack is None or pack.user_id != user_id:
             raise HTTPException(404, "no such pack")
         return pack
-
-    Token = Annotated[str | None, Query(max_length=2000, description="stream token from POST /v1/packs")]
 
     @app.get("/v1/packs/{pack_id}")
     async def snapshot(pack_id: str, request: Request, token: Token = None) -> dict[str, Any]:

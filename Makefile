@@ -1,0 +1,55 @@
+# packline: `make demo` and `make test` work from a fresh clone; each target installs what it needs.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+PY_STAMP   := $(VENV)/.installed
+JARS_DIR   := .cache/kafka-libs
+JARS_STAMP := $(JARS_DIR)/.installed
+PACKLINE := $(BIN)/packline
+
+.PHONY: setup kafka-jars kafka kafka-stop up demo test test-fast lint typecheck schemas bench-sse clean
+
+setup: $(PY_STAMP) $(JARS_STAMP)
+
+$(PY_STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e ".[dev]"
+	touch $@
+
+kafka-jars: $(JARS_STAMP)
+$(JARS_STAMP): deploy/kafka/pom.xml
+	mvn -q -B -f deploy/kafka/pom.xml dependency:copy-dependencies \
+	    -DincludeScope=runtime -DoutputDirectory=$(CURDIR)/$(JARS_DIR)
+	touch $@
+
+kafka: setup
+	$(BIN)/python -m shared.devbroker start
+
+kafka-stop:
+	@test -x $(BIN)/python && $(BIN)/python -m shared.devbroker stop || true
+
+up: setup
+	$(PACKLINE) up
+
+demo: setup
+	$(PACKLINE) demo
+
+test: setup
+	$(BIN)/pytest -q -ra
+
+test-fast: setup
+	$(BIN)/pytest -q -ra -m "not e2e"
+
+lint: setup
+	$(BIN)/ruff check shared services tests
+	$(BIN)/mypy shared services
+
+schemas: setup
+	$(PACKLINE) schemas export
+
+bench-sse: setup
+	$(BIN)/python -m tests.bench.sse_bench
+
+clean: kafka-stop
+	rm -rf var .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,92 @@
+"""`packline up` (everything in the foreground) and `packline demo` (one pack end to end)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+from typing import Any
+
+import typer
+
+from shared.devbroker import Broker
+from shared.settings import CommonSettings
+
+from services.cli.main import app
+from services.cli.stack import Stack
+
+
+def _broker(s: CommonSettings) -> Broker | None:
+    """The local broker when the bootstrap address is the default one; else it is external."""
+    if s.kafka_bootstrap_servers != "127.0.0.1:9092" or os.environ.get("PACKLINE_EXTERNAL_KAFKA"):
+        return None
+    return Broker(s.var_dir / "kafka")
+
+
+def _run_stack(body: Any) -> int:
+    s = CommonSettings()
+    broker = _broker(s)
+    started_broker = False
+    if broker is not None and broker.running_pid() is None:
+        typer.echo("starting Kafka ...", err=True)
+        broker.start()
+        started_broker = True
+    stack = Stack({}, s.var_dir / "logs")
+
+    def interrupted(*_: object) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, interrupted)
+    try:
+        stack.start()
+        typer.echo(f"starting {', '.join(stack.services)} (logs in {stack.log_dir}) ...", err=True)
+        stack.wait_healthy(120)
+        return int(body(stack, s))
+    except KeyboardInterrupt:
+        return 0
+    finally:
+        typer.echo("stopping services ...", err=True)
+        stack.stop()
+        if started_broker and broker is not None:
+            broker.stop()
+        typer.echo("stopped", err=True)
+
+
+@app.command()
+def up() -> None:
+    """Kafka and the four services in the foreground; Ctrl-C stops them all."""
+
+    def body(stack: Stack, s: CommonSettings) -> int:
+        typer.echo(f"packline is up: web page {s.api_public_url}/  (Ctrl-C stops everything)", err=True)
+        return stack.wait()
+
+    raise typer.Exit(_run_stack(body))
+
+
+@app.command()
+def demo() -> None:
+    """Start everything, run one six-image pack end to end, show where the images are, stop."""
+
+    def body(stack: Stack, s: CommonSettings) -> int:
+        cli = [sys.executable, "-m", "services.cli.main"]
+        user = f"demo-{uuid.uuid4().hex[:6]}"
+        created = subprocess.run([*cli, "accounts", "create", user, "--credits", "20"], check=True, capture_output=True, text=True)
+        key = created.stdout.strip().splitlines()[-1]
+        typer.echo(f"account {user} created with 20 credits", err=True)
+        result = subprocess.run([*cli, "submit", "--name", "Insulated steel water bottle", "--description",
+                                 "750 ml, double-walled, powder-coated", "--feature", "keeps drinks cold 24 h",
+                                 "--feature", "leak-proof lid", "--style", "clean, bright, outdoor", "--wait",
+                                 "--api-key", key], stdout=subprocess.PIPE, text=True)
+        pack_id = (result.stdout.strip().splitlines() or ["?"])[0]
+        images = sorted(Path(s.images_dir / pack_id).glob("*.png"))
+        typer.echo(f"\n{len(images)} images in {s.images_dir / pack_id}:")
+        for path in images:
+            typer.echo(f"  {path}")
+        balance = subprocess.run([*cli, "credits", "balance", user], capture_output=True, text=True)
+        typer.echo(balance.stdout.strip())
+        return result.returncode
+
+    raise typer.Exit(_run_stack(body))

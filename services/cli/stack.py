@@ -1,0 +1,88 @@
+"""Run the whole system as separate OS processes: `make up`, `make demo`, and the
+end-to-end tests all use this one supervisor."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Mapping
+from pathlib import Path
+
+import httpx
+
+SERVICES = ("credits", "generation", "api", "notifier")
+HEALTH_PORT_VARS = {"api": "API_PORT", "notifier": "NOTIFIER_PORT", "credits": "CREDITS_PORT", "generation": "GENERATION_PORT"}
+DEFAULT_PORTS = {"api": 8000, "notifier": 8001, "credits": 8002, "generation": 8003}
+
+
+class Stack:
+    def __init__(self, env: Mapping[str, str], log_dir: Path, services: tuple[str, ...] = SERVICES) -> None:
+        self.env = {**os.environ, **env}
+        self.log_dir = log_dir
+        self.services = services
+        self.procs: dict[str, subprocess.Popen[bytes]] = {}
+        log_dir.mkdir(parents=True, exist_ok=True)
+
+    def port(self, service: str) -> int:
+        return int(self.env.get(HEALTH_PORT_VARS[service], DEFAULT_PORTS[service]))
+
+    def url(self, service: str) -> str:
+        return f"http://127.0.0.1:{self.port(service)}"
+
+    def start(self, service: str | None = None) -> None:
+        for name in [service] if service else self.services:
+            log = open(self.log_dir / f"{name}.log", "ab")
+            self.procs[name] = subprocess.Popen(
+                [sys.executable, "-m", "services.cli.main", "serve", name],
+                env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+            )
+
+    def wait_healthy(self, timeout: float = 60.0, service: str | None = None) -> None:
+        deadline = time.monotonic() + timeout
+        for name in [service] if service else self.services:
+            while True:
+                proc = self.procs[name]
+                if proc.poll() is not None:
+                    raise RuntimeError(f"{name} exited with {proc.returncode}; log:\n{self.tail(name)}")
+                try:
+                    if httpx.get(f"{self.url(name)}/healthz", timeout=2).status_code == 200:
+                        break
+                except httpx.HTTPError:
+                    pass
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"{name} not healthy after {timeout:.0f}s; log:\n{self.tail(name)}")
+                time.sleep(0.2)
+
+    def tail(self, service: str, lines: int = 40) -> str:
+        path = self.log_dir / f"{service}.log"
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:]) if path.exists() else ""
+
+    def signal(self, service: str, sig: int) -> None:
+        proc = self.procs[service]
+        if proc.poll() is None:
+            os.killpg(proc.pid, sig)
+
+    def stop(self, service: str | None = None, timeout: float = 15.0) -> None:
+        names = [service] if service else list(self.procs)
+        for name in names:
+            self.signal(name, signal.SIGTERM)
+        deadline = time.monotonic() + timeout
+        for name in names:
+            proc = self.procs[name]
+            try:
+                proc.wait(max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                self.signal(name, signal.SIGKILL)
+                proc.wait()
+
+    def wait(self) -> int:
+        """Block until a service dies (returns its code) or the caller is interrupted."""
+        while True:
+            for name, proc in self.procs.items():
+                if proc.poll() is not None:
+                    print(f"{name} exited with {proc.returncode}; see {self.log_dir / name}.log", file=sys.stderr)
+                    return proc.returncode or 1
+            time.sleep(0.5)

@@ -1,0 +1,27 @@
+"""A typed helper for services that publish pack requests straight to Kafka
+(DESIGN.md, "Publishing straight to Kafka")."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+
+from shared.events import LISTING_KINDS, PackRequested, Product
+from shared.kafka import Outgoing, Publisher
+from shared.topics import Topics
+
+
+async def request_pack(
+    publisher: Publisher, user_id: str, product: Product, images: Sequence[str] = LISTING_KINDS,
+    aplus: bool = False, pack_id: str | None = None, topics: Topics | None = None,
+) -> str:
+    """Publish a pack.requested (key user_id) and return its pack id. Follow the pack on
+    `packs.status` (key pack_id) or over SSE. Choosing the pack id yourself makes a retry
+    of this call safe: the pipeline charges a pack id once."""
+    topics = topics or Topics()
+    event = PackRequested(
+        pack_id=uuid.UUID(pack_id) if pack_id else uuid.uuid4(), user_id=user_id, product=product,
+        images=list(images), aplus=aplus,  # type: ignore[arg-type]
+    )
+    await publisher.send([Outgoing.of(topics.packs_requested, event, user_id)])
+    return str(event.pack_id)

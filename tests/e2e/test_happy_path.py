@@ -1,0 +1,118 @@
+"""Issue 2: one pack end to end through four separate processes on the real broker."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+
+import httpx
+import pytest
+
+from shared.events import LISTING_KINDS
+
+from tests.harness import RunningStack
+
+pytestmark = pytest.mark.e2e
+
+
+def statuses(events: list) -> list[str]:  # type: ignore[type-arg]
+    return [f"{e.event}:{e.json()['status']}" + (f":{e.json()['image_id']}" if e.event == "image" else "") for e in events]
+
+
+async def test_pack_flows_draft_to_completed_and_is_charged_once(stack: RunningStack) -> None:
+    user = await stack.create_user(credits=10)
+    first = await stack.post_pack(user, **{"Idempotency-Key": "order-1"})
+    assert first.status_code == 202, first.text
+    body = first.json()
+    assert body["status"] == "DRAFT" and body["cost"] == 6
+    assert body["stream_url"] == f"{stack.notifier}/v1/packs/{body['pack_id']}/events"
+    assert body["status_url"] == f"{stack.notifier}/v1/packs/{body['pack_id']}"
+    again = await stack.post_pack(user, **{"Idempotency-Key": "order-1"})
+    assert again.status_code == 202 and again.json()["pack_id"] == body["pack_id"]
+
+    events = await stack.events(body["pack_id"], user)
+    seq = statuses(events)
+    assert seq[0] == "pack:DRAFT" and seq[1] == "pack:PROCESSING", seq
+    assert seq[-1] == "pack:COMPLETED", seq
+    completed = {s.split(":")[2] for s in seq if s.startswith("image:COMPLETED")}
+    assert completed == set(LISTING_KINDS)
+    for kind in LISTING_KINDS:  # every image went GENERATING before COMPLETED
+        assert seq.index(f"image:GENERATING:{kind}") < seq.index(f"image:COMPLETED:{kind}")
+    ids = [int(e.id) for e in events]
+    assert ids == sorted(set(ids)), "SSE ids must strictly increase"
+
+    final = events[-1].json()
+    assert (final["charged"], final["refunded"], final["cost"]) == (6, 0, 6)
+    assert await stack.balance(user) == 4  # charged once although posted twice
+
+    async with httpx.AsyncClient() as client:
+        for img in final["images"]:
+            png = await client.get(img["url"], headers=stack.auth(user))
+            assert png.status_code == 200 and png.content.startswith(b"\x89PNG\r\n\x1a\n")
+            assert (await client.get(img["url"], headers=stack.auth("someone-else"))).status_code == 404
+    snap = await stack.snapshot(body["pack_id"], user)
+    assert snap.status_code == 200 and snap.json()["status"] == "COMPLETED"
+
+
+async def test_same_idempotency_key_with_other_body_is_409(stack: RunningStack) -> None:
+    user = await stack.create_user(credits=10)
+    assert (await stack.post_pack(user, **{"Idempotency-Key": "k"})).status_code == 202
+    other = {"product": {"name": "Another thing"}, "images": ["main"]}
+    conflict = await stack.post_pack(user, other, **{"Idempotency-Key": "k"})
+    assert conflict.status_code == 409 and "Idempotency-Key" in conflict.json()["detail"]
+
+
+async def test_insufficient_credits_is_rejected_without_debit(stack: RunningStack) -> None:
+    user = await stack.create_user(credits=3)
+    response = await stack.post_pack(user)
+    assert response.status_code == 202
+    events = await stack.events(response.json()["pack_id"], user)
+    assert statuses(events) == ["pack:DRAFT", "pack:REJECTED"]
+    assert "insufficient credits" in events[-1].json()["reason"]
+    assert events[-1].json()["charged"] == 0
+    assert await stack.balance(user) == 3
+
+
+@pytest.mark.parametrize(
+    "body, fragment",
+    [
+        ({"product": {"name": ""}}, "product"),
+        ({"product": {"name": "x"}, "images": ["hero"]}, "images"),
+        ({"product": {"name": "x"}, "images": ["main", "main"]}, "repeat"),
+        ({"product": {"name": "x"}, "surprise": 1}, "surprise"),
+        ({"images": ["main"]}, "product"),
+    ],
+)
+async def test_bad_bodies_get_422_with_a_message(stack: RunningStack, body: dict, fragment: str) -> None:  # type: ignore[type-arg]
+    user = await stack.create_user(credits=10)
+    response = await stack.post_pack(user, body)
+    assert response.status_code == 422
+    assert fragment in response.text
+
+
+async def test_bad_or_missing_keys_get_401(stack: RunningStack) -> None:
+    async with httpx.AsyncClient() as client:
+        body = {"product": {"name": "x"}}
+        assert (await client.post(f"{stack.api}/v1/packs", json=body)).status_code == 401
+        forged = {"Authorization": "Bearer pk_YWxpY2U6MA.forgedforgedforgedforgedforgedfo"}
+        assert (await client.post(f"{stack.api}/v1/packs", json=body, headers=forged)).status_code == 401
+        other_secret = {"Authorization": "Bearer " + stack.key("alice").replace("pk_", "pk_x")}
+        assert (await client.post(f"{stack.api}/v1/packs", json=body, headers=other_secret)).status_code == 401
+        pack = str(uuid.uuid4())
+        assert (await client.get(f"{stack.notifier}/v1/packs/{pack}", headers=forged)).status_code == 401
+        assert (await client.get(f"{stack.notifier}/v1/packs/{pack}/events?token=st_bogus.x")).status_code == 401
+
+
+async def test_packs_run_their_images_in_parallel(stack: RunningStack) -> None:
+    """Six 200 ms images finish well under six image latencies end to end."""
+    user = await stack.create_user(credits=10)
+    response = await stack.post_pack(user)
+    loop = asyncio.get_running_loop()
+    start = loop.time()
+    events = await stack.events(response.json()["pack_id"], user)
+    generating = [e for e in events if e.event == "image" and e.json()["status"] == "GENERATING"]
+    completed = [e for e in events if e.event == "image" and e.json()["status"] == "COMPLETED"]
+    # All six start before any finishes: that is what running in parallel means.
+    first_done = min(int(e.id) for e in completed)
+    assert all(int(e.id) < first_done for e in generating), statuses(events)
+    assert loop.time() - start < 30
