@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import sys
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -142,13 +141,10 @@ def kafka_stop() -> None:
 
 
 def _register_more() -> None:
-    from services.cli import packs, run  # noqa: F401  (they add their commands to `app`)
+    from services.cli import audit, dlq, packs, run  # noqa: F401  (they add their commands to `app`)
 
 
 def main() -> Any:
     _register_more()
     return app()
 
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -71,7 +71,7 @@ def demo() -> None:
     """Start everything, run one six-image pack end to end, show where the images are, stop."""
 
     def body(stack: Stack, s: CommonSettings) -> int:
-        cli = [sys.executable, "-m", "services.cli.main"]
+        cli = [sys.executable, "-m", "services.cli"]
         user = f"demo-{uuid.uuid4().hex[:6]}"
         created = subprocess.run([*cli, "accounts", "create", user, "--credits", "20"], check=True, capture_output=True, text=True)
         key = created.stdout.strip().splitlines()[-1]

@@ -36,7 +36,7 @@ class Stack:
         for name in [service] if service else self.services:
             log = open(self.log_dir / f"{name}.log", "ab")
             self.procs[name] = subprocess.Popen(
-                [sys.executable, "-m", "services.cli.main", "serve", name],
+                [sys.executable, "-m", "services.cli", "serve", name],
                 env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
             )
 
