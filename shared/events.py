@@ -24,7 +24,7 @@ PackStatusName = Literal["DRAFT", "PROCESSING", "COMPLETED", "PARTIAL", "FAILED"
 ImageStatusName = Literal["PENDING", "GENERATING", "RETRYING", "COMPLETED", "FAILED"]
 ShortText = Annotated[str, StringConstraints(max_length=300)]
 
-LISTING_KINDS: tuple[str, ...] = ("main", "lifestyle", "infographic", "detail", "scale", "packaging")
+LISTING_KINDS: tuple[ImageKind, ...] = ("main", "lifestyle", "infographic", "detail", "scale", "packaging")
 APLUS_KINDS: tuple[str, ...] = ("aplus_banner", "aplus_features", "aplus_comparison", "aplus_story")
 TERMINAL_PACK = frozenset({"COMPLETED", "PARTIAL", "FAILED", "REJECTED"})
 TERMINAL_IMAGE = frozenset({"COMPLETED", "FAILED"})
@@ -81,11 +81,6 @@ class Event(BaseModel):
         if "TYPE" in cls.__dict__:
             REGISTRY[cls.TYPE] = cls
 
-    def __init__(self, **data: Any) -> None:
-        data.setdefault("type", self.TYPE)
-        data.setdefault("version", self.VERSION)
-        super().__init__(**data)
-
     def encode(self) -> bytes:
         return self.model_dump_json().encode()
 
@@ -97,12 +92,12 @@ UPCASTERS: dict[tuple[str, int], Callable[[dict[str, Any]], dict[str, Any]]] = {
 
 class PackRequested(Event):
     TYPE = "pack.requested"
-    type: Literal["pack.requested"]
-    version: Literal[1]
+    type: Literal["pack.requested"] = "pack.requested"
+    version: Literal[1] = 1
     pack_id: uuid.UUID
     user_id: UserId
     product: Product
-    images: Annotated[list[ImageKind], Field(min_length=1, max_length=6)] = list(LISTING_KINDS)  # type: ignore[assignment]
+    images: Annotated[list[ImageKind], Field(min_length=1, max_length=6)] = list(LISTING_KINDS)
     aplus: bool = False
     idempotency_key: str | None = None
     request_hash: str | None = None
@@ -110,8 +105,8 @@ class PackRequested(Event):
 
 class PackAccepted(Event):
     TYPE = "pack.accepted"
-    type: Literal["pack.accepted"]
-    version: Literal[1]
+    type: Literal["pack.accepted"] = "pack.accepted"
+    version: Literal[1] = 1
     pack_id: uuid.UUID
     user_id: UserId
     product: Product
@@ -121,8 +116,8 @@ class PackAccepted(Event):
 
 class PackStatus(Event):
     TYPE = "pack.status"
-    type: Literal["pack.status"]
-    version: Literal[1]
+    type: Literal["pack.status"] = "pack.status"
+    version: Literal[1] = 1
     pack_id: uuid.UUID
     user_id: UserId
     status: PackStatusName
@@ -135,8 +130,8 @@ class PackStatus(Event):
 
 class ImageStatus(Event):
     TYPE = "image.status"
-    type: Literal["image.status"]
-    version: Literal[1]
+    type: Literal["image.status"] = "image.status"
+    version: Literal[1] = 1
     pack_id: uuid.UUID
     user_id: UserId
     image: ImageEntry
@@ -145,8 +140,8 @@ class ImageStatus(Event):
 
 class ImageJob(Event):
     TYPE = "image.job"
-    type: Literal["image.job"]
-    version: Literal[1]
+    type: Literal["image.job"] = "image.job"
+    version: Literal[1] = 1
     pack_id: uuid.UUID
     user_id: UserId
     image_id: str
@@ -161,8 +156,8 @@ class ImageJob(Event):
 
 class ImageCompleted(Event):
     TYPE = "image.completed"
-    type: Literal["image.completed"]
-    version: Literal[1]
+    type: Literal["image.completed"] = "image.completed"
+    version: Literal[1] = 1
     pack_id: uuid.UUID
     user_id: UserId
     image_id: str
@@ -175,8 +170,8 @@ class ImageCompleted(Event):
 
 class ImageFailed(Event):
     TYPE = "image.failed"
-    type: Literal["image.failed"]
-    version: Literal[1]
+    type: Literal["image.failed"] = "image.failed"
+    version: Literal[1] = 1
     pack_id: uuid.UUID
     user_id: UserId
     image_id: str
@@ -192,8 +187,8 @@ class ImageReplayed(Event):
     """An operator sent a dead-lettered job back: the image (and its pack) reopen."""
 
     TYPE = "image.replayed"
-    type: Literal["image.replayed"]
-    version: Literal[1]
+    type: Literal["image.replayed"] = "image.replayed"
+    version: Literal[1] = 1
     pack_id: uuid.UUID
     user_id: UserId
     image_id: str
@@ -205,31 +200,31 @@ class ImageReplayed(Event):
 
 class AccountCreate(Event):
     TYPE = "account.create"
-    type: Literal["account.create"]
-    version: Literal[1]
+    type: Literal["account.create"] = "account.create"
+    version: Literal[1] = 1
     user_id: UserId
     credits: int = Field(ge=0)
 
 
 class CreditsGrant(Event):
     TYPE = "credits.grant"
-    type: Literal["credits.grant"]
-    version: Literal[1]
+    type: Literal["credits.grant"] = "credits.grant"
+    version: Literal[1] = 1
     user_id: UserId
     amount: int
 
 
 class BalanceQuery(Event):
     TYPE = "balance.query"
-    type: Literal["balance.query"]
-    version: Literal[1]
+    type: Literal["balance.query"] = "balance.query"
+    version: Literal[1] = 1
     user_id: UserId
 
 
 class CreditsChanged(Event):
     TYPE = "credits.changed"
-    type: Literal["credits.changed"]
-    version: Literal[1]
+    type: Literal["credits.changed"] = "credits.changed"
+    version: Literal[1] = 1
     user_id: UserId
     reason: Literal["account_created", "granted", "debited", "refunded", "recharged"]
     amount: int
@@ -241,8 +236,8 @@ class CreditsChanged(Event):
 
 class CreditsBalance(Event):
     TYPE = "credits.balance"
-    type: Literal["credits.balance"]
-    version: Literal[1]
+    type: Literal["credits.balance"] = "credits.balance"
+    version: Literal[1] = 1
     user_id: UserId
     balance: int | None
     command_id: str
@@ -251,8 +246,8 @@ class CreditsBalance(Event):
 
 class DlqReplayed(Event):
     TYPE = "dlq.replayed"
-    type: Literal["dlq.replayed"]
-    version: Literal[1]
+    type: Literal["dlq.replayed"] = "dlq.replayed"
+    version: Literal[1] = 1
     operator: str
     entries: list[str]
     pack_ids: list[str]
@@ -278,7 +273,7 @@ def decode(raw: bytes | None, accept: tuple[type[Event], ...] | None = None) -> 
     if not isinstance(version, int) or not 1 <= version <= model.VERSION:
         raise InvalidMessage(f"unsupported version {version!r} of {etype}")
     while version < model.VERSION:
-        data = UPCASTERS[(etype, version)](data)
+        data = UPCASTERS[(model.TYPE, version)](data)
         version += 1
         data["version"] = version
     try:

@@ -41,7 +41,7 @@ class Outgoing:
     headers: Headers = field(default_factory=list)
 
     @classmethod
-    def of(cls, topic: str, event: Event, key: object, headers: Headers | None = None) -> "Outgoing":
+    def of(cls, topic: str, event: Event, key: object, headers: Headers | None = None) -> Outgoing:
         return cls(topic, event.encode(), key_bytes(key), headers or [])
 
 

@@ -31,7 +31,7 @@ class CommonSettings(BaseSettings):
     stream_token_ttl_s: int = Field(default=24 * 3600, ge=1)
 
     @model_validator(mode="after")
-    def _secret(self) -> "CommonSettings":
+    def _secret(self) -> CommonSettings:
         if not self.packline_secret:
             self.packline_secret = load_or_create_secret(self.var_dir / "secret")
         return self

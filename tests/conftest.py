@@ -13,7 +13,6 @@ from pathlib import Path
 import pytest
 
 from shared.devbroker import Broker, free_port
-
 from tests.harness import RunningStack
 
 

@@ -12,14 +12,13 @@ from typing import Any
 
 import httpx
 
+from services.cli import kafka_io, sse
+from services.cli.stack import Stack
 from shared.auth import make_api_key
 from shared.devbroker import free_port
 from shared.events import AccountCreate, BalanceQuery, CreditsBalance, decode
 from shared.kafka import Outgoing
 from shared.topics import Topics
-
-from services.cli import kafka_io, sse
-from services.cli.stack import Stack
 
 FAST_BACKEND = {"LOCAL_IMAGE_LATENCY_MS": "200", "RETRY_BASE_DELAY_S": "0.5", "RETRY_MAX_DELAY_S": "2"}
 

@@ -10,11 +10,10 @@ from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.middleware.cors import CORSMiddleware
 
-from shared.kafka import Publisher, ensure_topics
-
 from services.api.limits import IdempotencyIndex, RateLimiter
 from services.api.routes import router
 from services.api.settings import Settings
+from shared.kafka import Publisher, ensure_topics
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:

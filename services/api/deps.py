@@ -6,10 +6,9 @@ from typing import Annotated
 
 from fastapi import Depends, HTTPException, Request
 
+from services.api.settings import Settings
 from shared.auth import AuthError, verify_api_key
 from shared.kafka import Publisher
-
-from services.api.settings import Settings
 
 
 def get_settings(request: Request) -> Settings:

@@ -12,12 +12,11 @@ from fastapi import APIRouter, Header, HTTPException, Request
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse
 from prometheus_client import Counter, Histogram
 
+from services.api import handlers
+from services.api.deps import PublisherDep, SettingsDep, UserDep
 from shared.auth import make_stream_token
 from shared.errors import BrokerUnavailable
 from shared.kafka import Outgoing
-
-from services.api import handlers
-from services.api.deps import PublisherDep, SettingsDep, UserDep
 
 router = APIRouter()
 PACKS = Counter("packline_api_packs_total", "pack requests by outcome", ["outcome"])

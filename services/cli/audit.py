@@ -14,13 +14,12 @@ from typing import Annotated
 import typer
 from sqlalchemy import select
 
-from shared.errors import InvalidMessage
-from shared.events import TERMINAL_PACK, ImageStatus, PackRequested, PackStatus, decode
-
 from services.cli import kafka_io
 from services.cli.main import app
 from services.credits.ledger import Account, Ledger, LedgerEntry, Pack, PackImage
 from services.credits.settings import Settings
+from shared.errors import InvalidMessage
+from shared.events import TERMINAL_PACK, ImageStatus, PackRequested, PackStatus, decode
 
 
 def find_violations(s: Settings, grace_s: float) -> tuple[list[str], dict[str, int]]:
@@ -54,6 +53,7 @@ def find_violations(s: Settings, grace_s: float) -> tuple[list[str], dict[str, i
             ev = decode(r.value, (PackRequested,))
         except InvalidMessage:
             continue
+        assert isinstance(ev, PackRequested)
         pack_id = str(ev.pack_id)
         age = now - ev.occurred_at.timestamp()
         if pack_id not in packs and age > grace_s:

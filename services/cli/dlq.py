@@ -15,13 +15,12 @@ from rich.console import Console
 from rich.progress import Progress
 from rich.table import Table
 
+from services.cli import kafka_io
+from services.cli.main import app
 from shared.errors import InvalidMessage
 from shared.events import DlqReplayed, ImageJob, ImageReplayed, decode, stable_id
 from shared.kafka import Outgoing, Publisher, header
 from shared.settings import CommonSettings
-
-from services.cli import kafka_io
-from services.cli.main import app
 
 dlq = typer.Typer(no_args_is_help=True, help="dead-letter topics: images.dlq (replayable) and invalid.dlq")
 app.add_typer(dlq, name="dlq")

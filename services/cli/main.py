@@ -9,12 +9,11 @@ from typing import Annotated, Any
 
 import typer
 
+from services.cli import kafka_io
 from shared.auth import make_api_key
 from shared.events import REGISTRY, AccountCreate, BalanceQuery, CreditsBalance, CreditsGrant, Event, json_schema
 from shared.kafka import Outgoing, ensure_topics
 from shared.settings import ROOT, CommonSettings
-
-from services.cli import kafka_io
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False, help="packline: marketplace image packs on Kafka")
 accounts = typer.Typer(no_args_is_help=True, help="user accounts")
@@ -22,7 +21,8 @@ credits = typer.Typer(no_args_is_help=True, help="credit balances")
 topics = typer.Typer(no_args_is_help=True, help="Kafka topics")
 schemas = typer.Typer(no_args_is_help=True, help="event JSON schemas")
 kafka = typer.Typer(no_args_is_help=True, help="the local Kafka broker")
-for sub, name in ((accounts, "accounts"), (credits, "credits"), (topics, "topics"), (schemas, "schemas"), (kafka, "kafka")):
+for sub, name in ((accounts, "accounts"), (credits, "credits"), (topics, "topics"),
+                  (schemas, "schemas"), (kafka, "kafka")):
     app.add_typer(sub, name=name)
 
 SERVICES = ("api", "notifier", "credits", "generation")

@@ -11,12 +11,11 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
+from services.cli import sse
+from services.cli.main import app
 from shared.auth import make_api_key
 from shared.events import LISTING_KINDS
 from shared.settings import CommonSettings
-
-from services.cli import sse
-from services.cli.main import app
 
 console = Console(stderr=True)
 EXIT_CODES = {"COMPLETED": 0, "PARTIAL": 2, "FAILED": 1, "REJECTED": 1}
@@ -67,7 +66,7 @@ def submit(
     console.print(f"pack {accepted['pack_id']} accepted, cost {accepted['cost']} credits")
     typer.echo(accepted["pack_id"])
     if wait:
-        raise typer.Exit(asyncio.run(_watch(accepted["stream_url"], {"Authorization": f"Bearer {key}"})))
+        raise typer.Exit(asyncio.run(_watch(accepted["stream_url"], {"Authorization": f"Bearer {key}"}, from_start=True)))
 
 
 @app.command()
@@ -79,16 +78,17 @@ def watch(pack_id: str, api_key: ApiKey = None, user: User = None) -> None:
     raise typer.Exit(asyncio.run(_watch(url, {"Authorization": f"Bearer {_api_key(api_key, user)}"})))
 
 
-async def _watch(url: str, headers: dict[str, str]) -> int:
-    status = "DRAFT"
+async def _watch(url: str, headers: dict[str, str], from_start: bool = False) -> int:
+    status, money = "DRAFT", ""
     images: dict[str, dict[str, Any]] = {}
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), console=console) as progress:
         bar = progress.add_task("DRAFT", total=None)
         try:
-            async for ev in sse.follow(url, headers):
+            async for ev in sse.follow(url, headers, last_event_id="0" if from_start else None):
                 data = ev.json()
                 if ev.event == "pack":
                     status = data["status"]
+                    money = f"cost {data['cost']} charged {data['charged']} refunded {data['refunded']}"
                     for img in data.get("images") or ():
                         images[img["image_id"]] = img
                 elif ev.event == "image":
@@ -97,11 +97,11 @@ async def _watch(url: str, headers: dict[str, str]) -> int:
                     if data["status"] != before:
                         progress.console.print(_image_line(data))
                 done = sum(i["status"] in ("COMPLETED", "FAILED") for i in images.values())
-                progress.update(bar, description=f"{status} charged {data.get('charged', '')}".strip(), total=len(images) or None, completed=done)
+                progress.update(bar, description=f"{status} {money}", total=len(images) or None, completed=done)
         except httpx.HTTPStatusError as exc:
             console.print(f"[red]{exc}[/red]")
             return 1
-    console.print(f"pack {status}")
+    console.print(f"pack {status} {money}")
     for img in images.values():
         if img.get("url"):
             console.print(f"  {img['image_id']}: {img['url']}")

@@ -12,11 +12,10 @@ from typing import Any
 
 import typer
 
-from shared.devbroker import Broker
-from shared.settings import CommonSettings
-
 from services.cli.main import app
 from services.cli.stack import Stack
+from shared.devbroker import Broker
+from shared.settings import CommonSettings
 
 
 def _broker(s: CommonSettings) -> Broker | None:

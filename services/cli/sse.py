@@ -22,7 +22,8 @@ class SseEvent:
 
 
 async def parse(lines: AsyncIterator[str]) -> AsyncIterator[SseEvent]:
-    event, data, event_id = "message", [], None
+    event, event_id = "message", None
+    data: list[str] = []
     async for line in lines:
         if line == "":
             if data:

@@ -7,18 +7,18 @@ from __future__ import annotations
 
 import asyncio
 import functools
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Callable
+from typing import Any
 
 import faust
-
-from shared.events import Event, PackRequested
-from shared.kafka import Outgoing, Publisher
-from shared.worker import guard, make_app, on_lifecycle, raw_topic
 
 from services.credits import handlers
 from services.credits.ledger import Ledger
 from services.credits.settings import Settings
+from shared.events import Event, PackRequested
+from shared.kafka import Outgoing, Publisher
+from shared.worker import guard, make_app, on_lifecycle, raw_topic
 
 
 def build(settings: Settings) -> faust.App:

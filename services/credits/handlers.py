@@ -7,16 +7,28 @@ every downstream consumer recognises them as the same events.
 
 from __future__ import annotations
 
-from shared.events import (
-    AccountCreate, BalanceQuery, CreditsBalance, CreditsChanged, CreditsGrant, Event, ImageCompleted,
-    ImageEntry, ImageFailed, ImageSpec, ImageReplayed, PackAccepted, PackRequested, PackStatus, stable_id,
-)
+from services.credits.ledger import Ledger, PackView
 from shared.errors import InvalidMessage, UnknownAccount
+from shared.events import (
+    AccountCreate,
+    BalanceQuery,
+    CreditsBalance,
+    CreditsChanged,
+    CreditsGrant,
+    Event,
+    ImageCompleted,
+    ImageEntry,
+    ImageFailed,
+    ImageReplayed,
+    ImageSpec,
+    PackAccepted,
+    PackRequested,
+    PackStatus,
+    stable_id,
+)
 from shared.kafka import Outgoing
 from shared.pricing import plan_pack
 from shared.topics import Topics
-
-from services.credits.ledger import Ledger, PackView
 
 COMMANDS = (AccountCreate, CreditsGrant, BalanceQuery)
 RESULTS = (ImageCompleted, ImageFailed, ImageReplayed)

@@ -12,7 +12,16 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from sqlalchemy import (
-    Boolean, DateTime, ForeignKey, Integer, String, create_engine, event, func, select, update,
+    Boolean,
+    DateTime,
+    ForeignKey,
+    Integer,
+    String,
+    create_engine,
+    event,
+    func,
+    select,
+    update,
 )
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError
@@ -147,7 +156,7 @@ class Ledger:
                     update(Account)
                     .where(Account.user_id == user_id, Account.balance >= cost)
                     .values(balance=Account.balance - cost)
-                ).rowcount
+                ).rowcount  # type: ignore[attr-defined]
                 if not debited:
                     pack.status = "REJECTED"
                     pack.reason = f"insufficient credits: pack costs {cost}, balance {self._balance(s, user_id)}"

@@ -10,7 +10,7 @@ class Settings(CommonSettings):
     credits_port: int = Field(default=8002, description="metrics and health")
 
     @model_validator(mode="after")
-    def _database(self) -> "Settings":
+    def _database(self) -> Settings:
         if not self.database_url:
             self.var_dir.mkdir(parents=True, exist_ok=True)
             self.database_url = f"sqlite:///{self.var_dir / 'credits.db'}"

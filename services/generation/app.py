@@ -9,16 +9,15 @@ from typing import Any
 
 import faust
 
-from shared.events import Event, ImageJob, PackAccepted
-from shared.kafka import Publisher
-from shared.worker import guard, make_app, on_lifecycle, raw_topic
-
 from services.generation import handlers
 from services.generation.backends import make_backend
 from services.generation.jobs import JobRunner
 from services.generation.retry import RetryForwarder
 from services.generation.settings import Settings
 from services.generation.storage import ImageStore
+from shared.events import Event, ImageJob, PackAccepted
+from shared.kafka import Publisher
+from shared.worker import guard, make_app, on_lifecycle, raw_topic
 
 
 def build(settings: Settings) -> faust.App:

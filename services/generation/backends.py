@@ -13,10 +13,9 @@ from typing import Protocol
 import openai
 from PIL import Image, ImageDraw
 
+from services.generation.settings import Settings
 from shared.errors import PermanentImageError, TransientImageError
 from shared.events import ImageJob
-
-from services.generation.settings import Settings
 
 
 class ImageBackend(Protocol):

@@ -14,7 +14,14 @@ from datetime import UTC, datetime
 
 from shared.errors import PermanentImageError, TransientImageError
 from shared.events import (
-    ImageCompleted, ImageEntry, ImageFailed, ImageJob, ImageStatus, PackAccepted, Product, stable_id,
+    ImageCompleted,
+    ImageEntry,
+    ImageFailed,
+    ImageJob,
+    ImageStatus,
+    PackAccepted,
+    Product,
+    stable_id,
 )
 from shared.kafka import Headers, Outgoing, failure_headers, header
 from shared.topics import RETRY_TIERS_S, Topics

@@ -10,13 +10,12 @@ from typing import Any
 
 from prometheus_client import Counter, Histogram
 
-from shared.events import ImageJob
-from shared.kafka import Publisher
-from shared.topics import Topics
-
 from services.generation import handlers
 from services.generation.backends import ImageBackend
 from services.generation.storage import ImageStore
+from shared.events import ImageJob
+from shared.kafka import Publisher
+from shared.topics import Topics
 
 log = logging.getLogger("packline.generation")
 IMAGES = Counter("packline_images_total", "image jobs by outcome", ["outcome"])

@@ -25,7 +25,7 @@ class Settings(CommonSettings):
     generation_port: int = 8003
 
     @model_validator(mode="after")
-    def _backend(self) -> "Settings":
+    def _backend(self) -> Settings:
         if self.image_backend is None:
             self.image_backend = "openai" if self.openai_api_key else "local"
         if self.image_backend == "openai" and not self.openai_api_key:

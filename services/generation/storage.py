@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import json
 import os
-import uuid
 import re
+import uuid
 from pathlib import Path
 
 SAFE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")

@@ -13,13 +13,12 @@ from prometheus_client import CONTENT_TYPE_LATEST, Gauge, generate_latest
 from sse_starlette import EventSourceResponse
 from starlette.middleware.cors import CORSMiddleware
 
-from shared.auth import AuthError, verify_api_key, verify_stream_token
-from shared.kafka import ensure_topics
-
 from services.notifier import streams
 from services.notifier.consumer import StatusFeed
 from services.notifier.settings import Settings
 from services.notifier.state import PackState, Store
+from shared.auth import AuthError, verify_api_key, verify_stream_token
+from shared.kafka import ensure_topics
 
 SUBSCRIBERS = Gauge("packline_sse_subscribers", "open SSE connections")
 Token = Annotated[str | None, Query(max_length=2000, description="stream token from POST /v1/packs")]

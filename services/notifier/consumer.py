@@ -9,11 +9,10 @@ import logging
 
 from aiokafka import AIOKafkaConsumer
 
+from services.notifier.state import Store
 from shared.errors import InvalidMessage
 from shared.events import ImageStatus, PackStatus, decode
 from shared.kafka import partitions_of
-
-from services.notifier.state import Store
 
 log = logging.getLogger("packline.notifier")
 

@@ -94,13 +94,13 @@ class Store:
                 pack.images[entry.image_id] = entry.model_dump(mode="json")
             self._record(pack, "pack", pack.snapshot)
         else:
-            entry = ev.image.model_dump(mode="json")
-            pack.images[ev.image.image_id] = entry
-            if pack.terminal and entry["status"] not in ("COMPLETED", "FAILED"):
+            image = ev.image.model_dump(mode="json")
+            pack.images[ev.image.image_id] = image
+            if pack.terminal and image["status"] not in ("COMPLETED", "FAILED"):
                 # A replayed image reopens its pack, even before credits says so.
                 pack.status = "PROCESSING"
                 self._record(pack, "pack", pack.snapshot)
-            self._record(pack, "image", lambda: {**entry, "pack_id": pack_id})
+            self._record(pack, "image", lambda: {**image, "pack_id": pack_id})
         return pack
 
     def _record(self, pack: PackState, name: str, render: Any) -> None:

@@ -17,7 +17,8 @@ async def pack_events(pack: PackState, last_event_id: str | None) -> AsyncIterat
         # No id, or one that cannot be resumed (unknown, or older than the kept history).
         yield ServerSentEvent(json.dumps(pack.snapshot(), default=str), event="pack", id=str(pack.seq))
         if last is not None:
-            yield ServerSentEvent(json.dumps({"pack_id": pack.pack_id, "reason": f"cannot resume after id {last_event_id!r}"}), event="resync", id=str(pack.seq))
+            resync = {"pack_id": pack.pack_id, "reason": f"cannot resume after id {last_event_id!r}"}
+            yield ServerSentEvent(json.dumps(resync), event="resync", id=str(pack.seq))
         last = pack.seq
     while True:
         changed = pack.changed  # taken before reading, so no change can slip between read and wait

@@ -15,7 +15,6 @@ import pytest
 
 from shared.events import ImageFailed, ImageJob, decode
 from shared.kafka import Outgoing, Publisher
-
 from tests.harness import RunningStack
 
 pytestmark = pytest.mark.e2e

@@ -9,7 +9,6 @@ import httpx
 import pytest
 
 from shared.events import LISTING_KINDS
-
 from tests.harness import RunningStack
 
 pytestmark = pytest.mark.e2e

@@ -1,0 +1,75 @@
+"""The ledger on a real SQLite file: every money movement happens once."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from services.credits.ledger import Ledger
+from shared.events import ImageSpec
+
+SPECS = [ImageSpec(image_id=k, kind=k, cost=1) for k in ("main", "detail")] + [
+    ImageSpec(image_id="aplus_banner", kind="aplus_banner", cost=2)
+]
+
+
+@pytest.fixture
+def ledger(tmp_path: Path) -> Ledger:
+    ledger = Ledger(f"sqlite:///{tmp_path / 'credits.db'}")
+    ledger.create_schema()
+    ledger.create_account("alice", 10)
+    return ledger
+
+
+def test_a_pack_is_debited_once_however_often_it_is_accepted(ledger: Ledger) -> None:
+    first = ledger.accept_pack("p1", "alice", SPECS)
+    again = ledger.accept_pack("p1", "alice", SPECS)
+    assert (first.status, first.created, first.money_moved) == ("PROCESSING", True, -4)
+    assert (again.status, again.created, again.money_moved) == ("PROCESSING", False, 0)
+    assert ledger.balance("alice") == 6
+
+
+def test_insufficient_credits_rejects_without_charging(ledger: Ledger) -> None:
+    ledger.create_account("bob", 3)
+    view = ledger.accept_pack("p2", "bob", SPECS)
+    assert view.status == "REJECTED" and "insufficient credits" in (view.reason or "")
+    assert ledger.balance("bob") == 3 and view.charged == 0 and view.refunded == 0
+
+
+def test_unknown_account_is_rejected(ledger: Ledger) -> None:
+    assert ledger.accept_pack("p3", "nobody", SPECS).status == "REJECTED"
+
+
+def test_refund_once_per_failed_image_and_settle(ledger: Ledger) -> None:
+    ledger.accept_pack("p1", "alice", SPECS)
+    for _ in range(3):  # redelivered failure
+        view = ledger.record_image("p1", "aplus_banner", run=0, delivered=False, attempts=5, error="boom")
+    assert view is not None and view.status == "PROCESSING"
+    assert ledger.balance("alice") == 8
+    ledger.record_image("p1", "main", run=0, delivered=True, attempts=1, url="u")
+    view = ledger.record_image("p1", "detail", run=0, delivered=True, attempts=1, url="u")
+    assert view is not None and (view.status, view.charged, view.refunded) == ("PARTIAL", 2, 2)
+    assert ledger.ledger_sum("p1") == -2
+
+
+def test_a_replayed_image_that_succeeds_is_charged_again_once(ledger: Ledger) -> None:
+    ledger.accept_pack("p1", "alice", SPECS)
+    for img in ("main", "detail", "aplus_banner"):
+        ledger.record_image("p1", img, run=0, delivered=False, attempts=1, error="policy")
+    assert ledger.pack("p1").status == "FAILED"  # type: ignore[union-attr]
+    assert ledger.balance("alice") == 10
+    assert ledger.reopen_image("p1", "main", run=1).status == "PROCESSING"  # type: ignore[union-attr]
+    assert not ledger.reopen_image("p1", "main", run=1).created  # type: ignore[union-attr]
+    for _ in range(2):
+        view = ledger.record_image("p1", "main", run=1, delivered=True, attempts=1, url="u")
+    assert view is not None and (view.status, view.charged) == ("PARTIAL", 1)
+    assert ledger.balance("alice") == 9
+    # A stale failure from the old run cannot refund the delivered image.
+    ledger.record_image("p1", "main", run=0, delivered=False, attempts=1, error="late")
+    assert ledger.balance("alice") == 9
+
+
+def test_grants_are_keyed(ledger: Ledger) -> None:
+    assert ledger.grant("alice", 5, "cmd-1") == (15, True)
+    assert ledger.grant("alice", 5, "cmd-1") == (15, False)
