@@ -15,7 +15,9 @@ from shared.events import REGISTRY, AccountCreate, BalanceQuery, CreditsBalance,
 from shared.kafka import Outgoing, ensure_topics
 from shared.settings import ROOT, CommonSettings
 
-app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False, help="packline: marketplace image packs on Kafka")
+app = typer.Typer(
+    no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False, help="packline: marketplace image packs on Kafka"
+)
 accounts = typer.Typer(no_args_is_help=True, help="user accounts")
 credits = typer.Typer(no_args_is_help=True, help="credit balances")
 topics = typer.Typer(no_args_is_help=True, help="Kafka topics")
