@@ -254,6 +254,16 @@ class DlqReplayed(Event):
     dry_run: bool = False
 
 
+class KeyRevoked(Event):
+    """Every API key of `user_id` with a generation below `below_generation` is revoked."""
+
+    TYPE = "key.revoked"
+    type: Literal["key.revoked"] = "key.revoked"
+    version: Literal[1] = 1
+    user_id: UserId
+    below_generation: int = Field(ge=1)
+
+
 def decode(raw: bytes | None, accept: tuple[type[Event], ...] | None = None) -> Event:
     """bytes -> the newest version of a typed event, or InvalidMessage with the reason."""
     if raw is None:

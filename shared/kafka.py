@@ -135,11 +135,11 @@ async def ensure_topics(bootstrap: str, topics: Topics, partitions: int, replica
         existing = set(await admin.list_topics())
         # Dead-letter and audit topics keep their messages: operators read them weeks later.
         keep = {topics.images_dlq, topics.invalid_dlq, topics.ops_audit}
+        configs = {name: {"retention.ms": "-1"} for name in keep}
+        # Only the newest revocation per user matters, forever.
+        configs[topics.auth_revocations] = {"cleanup.policy": "compact"}
         new = [
-            NewTopic(
-                name, num_partitions=partitions, replication_factor=replication,
-                topic_configs={"retention.ms": "-1"} if name in keep else {},
-            )
+            NewTopic(name, num_partitions=partitions, replication_factor=replication, topic_configs=configs.get(name, {}))
             for name in topics.all() if name not in existing
         ]
         if new:

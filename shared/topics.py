@@ -55,6 +55,10 @@ class Topics:
     def ops_audit(self) -> str:
         return self._t("ops.audit")
 
+    @property
+    def auth_revocations(self) -> str:
+        return self._t("auth.revocations")
+
     def retry(self, tier_s: int) -> str:
         return self._t(f"images.retry.{tier_s}s")
 
@@ -66,5 +70,5 @@ class Topics:
         return [
             self.packs_requested, self.packs_accepted, self.packs_status, self.images_jobs,
             self.images_results, self.images_dlq, self.credits_commands, self.credits_events,
-            self.invalid_dlq, self.ops_audit, *self.retry_topics,
+            self.invalid_dlq, self.ops_audit, self.auth_revocations, *self.retry_topics,
         ]

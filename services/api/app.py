@@ -14,6 +14,7 @@ from services.api.limits import IdempotencyIndex, RateLimiter
 from services.api.routes import router
 from services.api.settings import Settings
 from shared.kafka import Publisher, ensure_topics
+from shared.revocations import Revocations
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -24,13 +25,17 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         await ensure_topics(settings.kafka_bootstrap_servers, settings.topics, settings.topic_partitions)
         publisher = Publisher(settings.kafka_bootstrap_servers, "packline-api", settings.api_kafka_timeout_s)
         await publisher.start()
+        await revocations.start()
         app.state.publisher = publisher
         try:
             yield
         finally:
+            await revocations.stop()
             await publisher.stop()
 
+    revocations = Revocations(settings.kafka_bootstrap_servers, settings.topics.auth_revocations)
     app = FastAPI(title="packline api", version="1.0.0", lifespan=lifespan)
+    app.state.revocations = revocations
     app.state.settings = settings
     app.state.limiter = RateLimiter(settings.rate_limit_per_s, settings.rate_limit_burst)
     app.state.idempotency = IdempotencyIndex()

@@ -29,9 +29,11 @@ def bearer_token(request: Request) -> str:
 
 def current_user(request: Request, settings: Annotated[Settings, Depends(get_settings)]) -> str:
     try:
-        user_id, _generation = verify_api_key(settings.packline_secret, bearer_token(request))
+        user_id, generation = verify_api_key(settings.packline_secret, bearer_token(request))
     except AuthError as exc:
         raise HTTPException(401, str(exc), headers={"WWW-Authenticate": "Bearer"}) from exc
+    if not request.app.state.revocations.allows(user_id, generation):
+        raise HTTPException(401, "API key revoked", headers={"WWW-Authenticate": "Bearer"})
     return user_id
 
 

@@ -11,8 +11,19 @@ import typer
 
 from services.cli import kafka_io
 from shared.auth import make_api_key
-from shared.events import REGISTRY, AccountCreate, BalanceQuery, CreditsBalance, CreditsGrant, Event, json_schema
-from shared.kafka import Outgoing, ensure_topics
+from shared.errors import InvalidMessage
+from shared.events import (
+    REGISTRY,
+    AccountCreate,
+    BalanceQuery,
+    CreditsBalance,
+    CreditsGrant,
+    Event,
+    KeyRevoked,
+    decode,
+    json_schema,
+)
+from shared.kafka import Outgoing, Publisher, ensure_topics
 from shared.settings import ROOT, CommonSettings
 
 app = typer.Typer(
@@ -96,7 +107,41 @@ def accounts_create(name: str, credits_: Annotated[int, typer.Option("--credits"
     """Create an account (idempotent) and print its API key on the last line."""
     reply = _credits_command(AccountCreate(user_id=name, credits=credits_), name)
     typer.echo(f"account {name}: balance {reply.balance}")
-    typer.echo(make_api_key(_settings().packline_secret, name))
+    s = _settings()
+    typer.echo(make_api_key(s.packline_secret, name, asyncio.run(_key_generation(s, name))))
+
+
+@accounts.command("revoke-key")
+def accounts_revoke_key(name: str) -> None:
+    """Revoke every API key of NAME (api and notifier refuse them within a second) and
+    print the replacement key on the last line."""
+    s = _settings()
+    current = asyncio.run(_key_generation(s, name))
+    event = KeyRevoked(user_id=name, below_generation=current + 1)
+
+    async def publish() -> None:
+        publisher = Publisher(s.kafka_bootstrap_servers, "packline-cli")
+        try:
+            await publisher.send([Outgoing.of(s.topics.auth_revocations, event, name)])
+        finally:
+            await publisher.stop()
+
+    asyncio.run(publish())
+    typer.echo(f"revoked keys of {name} below generation {current + 1}")
+    typer.echo(make_api_key(s.packline_secret, name, current + 1))
+
+
+async def _key_generation(s: CommonSettings, user_id: str) -> int:
+    """The generation of the user's current key: 0, or the newest revocation's floor."""
+    generation = 0
+    for r in await kafka_io.read_all(s.kafka_bootstrap_servers, s.topics.auth_revocations):
+        try:
+            ev = decode(r.value, (KeyRevoked,))
+        except InvalidMessage:
+            continue
+        if isinstance(ev, KeyRevoked) and ev.user_id == user_id:
+            generation = max(generation, ev.below_generation)
+    return generation
 
 
 @credits.command("grant")

@@ -19,6 +19,7 @@ from services.notifier.settings import Settings
 from services.notifier.state import PackState, Store
 from shared.auth import AuthError, verify_api_key, verify_stream_token
 from shared.kafka import ensure_topics
+from shared.revocations import Revocations
 
 SUBSCRIBERS = Gauge("packline_sse_subscribers", "open SSE connections")
 Token = Annotated[str | None, Query(max_length=2000, description="stream token from POST /v1/packs")]
@@ -28,14 +29,17 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or Settings()
     store = Store(settings.notifier_history)
     feed = StatusFeed(settings.kafka_bootstrap_servers, settings.topics.packs_status, store)
+    revocations = Revocations(settings.kafka_bootstrap_servers, settings.topics.auth_revocations)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await ensure_topics(settings.kafka_bootstrap_servers, settings.topics, settings.topic_partitions)
         await feed.start()
+        await revocations.start()
         try:
             yield
         finally:
+            await revocations.stop()
             await feed.stop()
 
     app = FastAPI(title="packline notifier", version="1.0.0", lifespan=lifespan)
@@ -50,7 +54,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         auth = request.headers.get("authorization", "")
         try:
             if auth.lower().startswith("bearer "):
-                return verify_api_key(settings.packline_secret, auth[7:].strip())[0]
+                user_id, generation = verify_api_key(settings.packline_secret, auth[7:].strip())
+                if not revocations.allows(user_id, generation):
+                    raise AuthError("API key revoked")
+                return user_id
             if token and pack_id:
                 return verify_stream_token(settings.packline_secret, token, pack_id)
         except AuthError as exc:
