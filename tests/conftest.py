@@ -39,9 +39,49 @@ def kafka_bootstrap() -> Iterator[str]:
         shutil.rmtree(data_dir, ignore_errors=True)
 
 
+POSTGRES_URL = os.environ.get("PACKLINE_TEST_POSTGRES_URL", "postgresql+psycopg://packline:packline@127.0.0.1:5432/packline")
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> str:
+    """A reachable PostgreSQL (`.ci/run` starts one). Outside CI, skipped with the reason."""
+    from sqlalchemy import create_engine, text
+
+    engine = create_engine(POSTGRES_URL)
+    try:
+        with engine.connect() as conn:
+            conn.execute(text("SELECT 1"))
+    except Exception as exc:
+        if os.environ.get("CI"):
+            raise
+        pytest.skip(f"PostgreSQL not reachable at {POSTGRES_URL} ({exc.__class__.__name__}); run deploy/postgres-setup.sh")
+    finally:
+        engine.dispose()
+    return POSTGRES_URL
+
+
 @pytest.fixture
-def prefix() -> str:
-    return f"t{uuid.uuid4().hex[:10]}."
+def postgres_url(postgres_server: str) -> Iterator[str]:
+    """A fresh database per test, dropped afterwards."""
+    from sqlalchemy import create_engine, text
+
+    name = f"t_{uuid.uuid4().hex[:12]}"
+    admin = create_engine(postgres_server, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f'CREATE DATABASE "{name}"'))
+    try:
+        yield postgres_server.rsplit("/", 1)[0] + "/" + name
+    finally:
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'credits.db'}"
+    return str(request.getfixturevalue("postgres_url"))
 
 
 @pytest.fixture(scope="module")

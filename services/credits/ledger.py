@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from pathlib import Path
 
 from sqlalchemy import (
     Boolean,
@@ -21,6 +22,7 @@ from sqlalchemy import (
     event,
     func,
     select,
+    text,
     update,
 )
 from sqlalchemy.engine import Engine
@@ -29,6 +31,9 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sess
 
 from shared.errors import UnknownAccount
 from shared.events import ImageSpec
+
+
+MIGRATIONS = Path(__file__).parent / "migrations"
 
 
 def _now() -> datetime:
@@ -107,10 +112,24 @@ class Ledger:
         self.engine: Engine = create_engine(url, future=True, **_engine_args(url))
         if url.startswith("sqlite"):
             event.listen(self.engine, "connect", _sqlite_pragmas)
+            # Take the write lock when a transaction starts: two credits processes then
+            # queue on busy_timeout instead of failing when a reader upgrades to a writer.
+            event.listen(self.engine, "begin", lambda conn: conn.exec_driver_sql("BEGIN IMMEDIATE"))
         self.sessions = sessionmaker(self.engine, expire_on_commit=False)
 
     def create_schema(self) -> None:
-        Base.metadata.create_all(self.engine)
+        """Bring the schema to the newest Alembic revision (idempotent; safe to run from
+        several credits instances at once on PostgreSQL thanks to an advisory lock)."""
+        from alembic import command
+        from alembic.config import Config
+
+        config = Config()
+        config.set_main_option("script_location", str(MIGRATIONS))
+        with self.engine.begin() as conn:
+            if conn.dialect.name == "postgresql":
+                conn.execute(text("SELECT pg_advisory_xact_lock(7361)"))
+            config.attributes["connection"] = conn
+            command.upgrade(config, "head")
 
     # --- accounts -------------------------------------------------------------------
     def create_account(self, user_id: str, credits: int) -> tuple[int, bool]:
@@ -253,6 +272,7 @@ def _engine_args(url: str) -> dict[str, object]:
 
 
 def _sqlite_pragmas(dbapi_conn: object, _record: object) -> None:
+    dbapi_conn.isolation_level = None  # type: ignore[attr-defined]  # pysqlite must not BEGIN on its own
     cur = dbapi_conn.cursor()  # type: ignore[attr-defined]
     cur.execute("PRAGMA journal_mode=WAL")
     cur.execute("PRAGMA synchronous=NORMAL")

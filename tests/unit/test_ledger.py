@@ -1,8 +1,8 @@
-"""The ledger on a real SQLite file: every money movement happens once."""
+"""The ledger on a real SQLite file and a real PostgreSQL: every money movement happens once."""
 
 from __future__ import annotations
 
-from pathlib import Path
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
@@ -15,9 +15,10 @@ SPECS = [ImageSpec(image_id=k, kind=k, cost=1) for k in ("main", "detail")] + [
 
 
 @pytest.fixture
-def ledger(tmp_path: Path) -> Ledger:
-    ledger = Ledger(f"sqlite:///{tmp_path / 'credits.db'}")
+def ledger(database_url: str) -> Ledger:
+    ledger = Ledger(database_url)
     ledger.create_schema()
+    ledger.create_schema()  # migrations are idempotent
     ledger.create_account("alice", 10)
     return ledger
 
@@ -73,3 +74,25 @@ def test_a_replayed_image_that_succeeds_is_charged_again_once(ledger: Ledger) ->
 def test_grants_are_keyed(ledger: Ledger) -> None:
     assert ledger.grant("alice", 5, "cmd-1") == (15, True)
     assert ledger.grant("alice", 5, "cmd-1") == (15, False)
+
+
+def test_concurrent_writers_never_double_charge_or_overdraw(database_url: str) -> None:
+    """Two ledgers (as two credits instances would have) race on the same packs and refunds."""
+    first, second = Ledger(database_url), Ledger(database_url)
+    first.create_schema()
+    first.create_account("carol", 30)
+    packs = [f"p{i}" for i in range(20)]  # 20 packs at a net 2 credits each > 30: some must be rejected
+
+    def work(ledger: Ledger) -> None:
+        for p in packs:
+            ledger.accept_pack(p, "carol", SPECS)
+            ledger.record_image(p, "aplus_banner", run=0, delivered=False, attempts=1, error="x")
+
+    with ThreadPoolExecutor(4) as pool:
+        list(pool.map(work, [first, second, first, second]))
+    views = [first.pack(p) for p in packs]
+    accepted = [v for v in views if v and v.status != "REJECTED"]
+    # each accepted pack: debit 4, refund 2 => net 2
+    assert 0 < len(accepted) < len(packs)
+    assert first.balance("carol") == 30 - 2 * len(accepted) >= 0
+    assert all(first.ledger_sum(v.pack_id) == -2 for v in accepted)
