@@ -7,7 +7,7 @@ JARS_DIR   := .cache/kafka-libs
 JARS_STAMP := $(JARS_DIR)/.installed
 PACKLINE := $(BIN)/packline
 
-.PHONY: setup kafka-jars kafka kafka-stop up demo test test-fast lint typecheck schemas bench-sse clean
+.PHONY: setup kafka-jars kafka kafka-stop up demo test test-fast lint schemas bench-sse bench-api chaos clean
 
 setup: $(PY_STAMP) $(JARS_STAMP)
 
@@ -50,6 +50,13 @@ schemas: setup
 
 bench-sse: setup
 	$(BIN)/python -m tests.bench.sse_bench
+
+bench-api: setup
+	$(BIN)/python -m tests.bench.api_bench
+
+# 200 six-image packs, 3 instances of each worker, a SIGKILL every 5 s, one broker restart.
+chaos: setup
+	$(BIN)/python -m tests.chaos --packs 200 --instances 3 --kill-every 5
 
 clean: kafka-stop
 	rm -rf var .pytest_cache .mypy_cache .ruff_cache

@@ -17,7 +17,7 @@ import faust
 import mode
 from prometheus_client import CONTENT_TYPE_LATEST, Counter, generate_latest
 
-from shared.errors import InvalidMessage
+from shared.errors import BrokerUnavailable, InvalidMessage
 from shared.events import Event, decode
 from shared.kafka import Publisher, invalid_message
 from shared.settings import CommonSettings
@@ -29,7 +29,8 @@ UNEXPECTED_RETRIES = 5
 
 
 def make_app(name: str, settings: CommonSettings, web_port: int) -> faust.App:
-    datadir = settings.var_dir / "faust" / f"{settings.topic_prefix}{name}"
+    # Per instance (several may share one VAR_DIR): the web port tells them apart.
+    datadir = settings.var_dir / "faust" / f"{settings.topic_prefix}{name}-{web_port}"
     datadir.mkdir(parents=True, exist_ok=True)
     app = faust.App(
         f"{settings.topic_prefix}packline-{name}",
@@ -46,6 +47,10 @@ def make_app(name: str, settings: CommonSettings, web_port: int) -> faust.App:
         datadir=str(datadir),
         consumer_auto_offset_reset="earliest",
         broker_commit_interval=0.5,
+        # A SIGKILLed member holds its partitions until its session expires: keep that short.
+        broker_session_timeout=10.0,
+        broker_heartbeat_interval=1.0,
+        broker_rebalance_timeout=30.0,
         producer_acks=-1,
     )
 
@@ -92,7 +97,9 @@ async def guard(
     except InvalidMessage as exc:
         await _dead_letter(publisher, settings, msg, str(exc), "InvalidMessage")
         return
-    for attempt in range(1, UNEXPECTED_RETRIES + 1):
+    attempt = 0
+    while True:
+        attempt += 1
         try:
             await handler(typed, msg)
             MESSAGES.labels(msg.topic, "ok").inc()
@@ -102,6 +109,11 @@ async def guard(
         except InvalidMessage as exc:
             await _dead_letter(publisher, settings, msg, str(exc), "InvalidMessage")
             return
+        except BrokerUnavailable:
+            # Not this message's fault, and nothing can progress without Kafka: wait for it,
+            # holding the offset, for as long as it takes.
+            log.warning("Kafka unavailable while handling %s[%s]@%s; waiting", msg.topic, msg.partition, msg.offset)
+            await asyncio.sleep(min(0.5 * attempt, 5.0))
         except Exception as exc:
             log.exception("handler failed on %s[%s]@%s (attempt %d)", msg.topic, msg.partition, msg.offset, attempt)
             if attempt == UNEXPECTED_RETRIES:
@@ -113,9 +125,15 @@ async def guard(
 async def _dead_letter(publisher: Publisher, settings: CommonSettings, msg: Any, reason: str, error_type: str) -> None:
     log.warning("dead-lettering %s[%s]@%s: %s", msg.topic, msg.partition, msg.offset, reason)
     MESSAGES.labels(msg.topic, "invalid").inc()
-    await publisher.send([
-        invalid_message(
-            settings.topics, topic=msg.topic, partition=msg.partition, offset=msg.offset,
-            key=msg.key, value=msg.value, reason=reason, error_type=error_type,
-        )
-    ])
+    dead = invalid_message(
+        settings.topics, topic=msg.topic, partition=msg.partition, offset=msg.offset,
+        key=msg.key, value=msg.value, reason=reason, error_type=error_type,
+    )
+    attempt = 0
+    while True:  # the dead letter must land before the offset moves on
+        try:
+            await publisher.send([dead])
+            return
+        except BrokerUnavailable:
+            attempt += 1
+            await asyncio.sleep(min(0.5 * attempt, 5.0))

@@ -15,8 +15,12 @@ from shared.kafka import Outgoing, Publisher, partitions_of
 
 async def _assigned(bootstrap: str, topic: str) -> tuple[AIOKafkaConsumer, list[TopicPartition]]:
     consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False)
-    await consumer.start()
-    tps = await partitions_of(bootstrap, topic)
+    try:
+        await consumer.start()
+        tps = await partitions_of(bootstrap, topic)
+    except BaseException:
+        await consumer.stop()
+        raise
     consumer.assign(tps)
     return consumer, tps
 

@@ -18,26 +18,41 @@ HEALTH_PORT_VARS = {"api": "API_PORT", "notifier": "NOTIFIER_PORT", "credits": "
 DEFAULT_PORTS = {"api": 8000, "notifier": 8001, "credits": 8002, "generation": 8003}
 
 
+def kind(instance: str) -> str:
+    """`generation-2` -> `generation`."""
+    return instance.split("-", 1)[0]
+
+
 class Stack:
-    def __init__(self, env: Mapping[str, str], log_dir: Path, services: tuple[str, ...] = SERVICES) -> None:
+    """Instances are named `<service>` or `<service>-<n>`; each gets its own health port
+    (`ports`, default the contract's) and log file."""
+
+    def __init__(
+        self, env: Mapping[str, str], log_dir: Path, services: tuple[str, ...] = SERVICES,
+        ports: Mapping[str, int] | None = None,
+    ) -> None:
         self.env = {**os.environ, **env}
         self.log_dir = log_dir
         self.services = services
+        self.ports = dict(ports or {})
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
         log_dir.mkdir(parents=True, exist_ok=True)
 
-    def port(self, service: str) -> int:
-        return int(self.env.get(HEALTH_PORT_VARS[service], DEFAULT_PORTS[service]))
+    def port(self, instance: str) -> int:
+        if instance in self.ports:
+            return self.ports[instance]
+        return int(self.env.get(HEALTH_PORT_VARS[kind(instance)], DEFAULT_PORTS[kind(instance)]))
 
-    def url(self, service: str) -> str:
-        return f"http://127.0.0.1:{self.port(service)}"
+    def url(self, instance: str) -> str:
+        return f"http://127.0.0.1:{self.port(instance)}"
 
     def start(self, service: str | None = None) -> None:
         for name in [service] if service else self.services:
             log = open(self.log_dir / f"{name}.log", "ab")
+            env = {**self.env, HEALTH_PORT_VARS[kind(name)]: str(self.port(name))}
             self.procs[name] = subprocess.Popen(
-                [sys.executable, "-m", "services.cli", "serve", name],
-                env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+                [sys.executable, "-m", "services.cli", "serve", kind(name)],
+                env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
             )
 
     def wait_healthy(self, timeout: float = 60.0, service: str | None = None) -> None:

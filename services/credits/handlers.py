@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from services.credits.ledger import Ledger, PackView
 from shared.errors import InvalidMessage, UnknownAccount
+from dataclasses import replace
+
 from shared.events import (
     AccountCreate,
     BalanceQuery,
@@ -66,8 +68,8 @@ def on_pack_requested(ev: PackRequested, ledger: Ledger, t: Topics, price_listin
     if view.status == "REJECTED":
         return out + [_status(t, view, "REJECTED")]
     out.append(_processing(t, view, specs))
-    if view.created:
-        out.append(_money(t, view, "debited", f"debit:{pack_id}"))
+    # Emitted again on redelivery (same event id): the first attempt may have died before sending it.
+    out.append(_money(t, replace(view, money_moved=-view.cost), "debited", f"debit:{pack_id}"))
     accepted = PackAccepted(
         event_id=stable_id(pack_id, "accepted"), pack_id=ev.pack_id, user_id=ev.user_id, product=ev.product,
         images=specs, cost=view.cost,
@@ -89,7 +91,7 @@ def _processing(t: Topics, view: PackView, specs: list[ImageSpec]) -> Outgoing:
 def on_image_result(ev: Event, ledger: Ledger, t: Topics) -> list[Outgoing]:
     if isinstance(ev, ImageReplayed):
         view = ledger.reopen_image(str(ev.pack_id), ev.image_id, ev.run)
-        if view is None or not view.created:
+        if view is None or view.status != "PROCESSING":
             return []
         return [_status(t, view, "PROCESSING", "reopened", ev.image_id, ev.run)]
     assert isinstance(ev, (ImageCompleted, ImageFailed))
@@ -99,13 +101,16 @@ def on_image_result(ev: Event, ledger: Ledger, t: Topics) -> list[Outgoing]:
         url=ev.url if isinstance(ev, ImageCompleted) else None,
         error=ev.error if isinstance(ev, ImageFailed) else None,
     )
-    if view is None or not view.created:
+    if view is None:
         return []
+    # A redelivered result re-emits what its first handling emitted, under the same event
+    # ids: that first handling may have committed the ledger and died before publishing.
     out: list[Outgoing] = []
     key = f"{ev.pack_id}:{ev.image_id}:{ev.run}"
-    if view.money_moved:
-        reason = "recharged" if delivered else "refunded"
-        out.append(_money(t, view, reason, f"{reason}:{key}", ev.image_id))
+    reason, entry = ("recharged", "recharge") if delivered else ("refunded", "refund")
+    moved = view.money_moved if view.created else ledger.entry_amount(f"{entry}:{key}")
+    if moved:
+        out.append(_money(t, replace(view, money_moved=moved), reason, f"{reason}:{key}", ev.image_id))
         if view.status == "PROCESSING":  # live refund figures before the pack settles
             out.append(_status(t, view, "PROCESSING", "money", key))
     if view.status in ("COMPLETED", "PARTIAL", "FAILED"):

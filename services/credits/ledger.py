@@ -260,6 +260,10 @@ class Ledger:
             money_moved=money_moved, created=created,
         )
 
+    def entry_amount(self, entry_key: str) -> int | None:
+        with self.sessions() as s:
+            return s.scalar(select(LedgerEntry.amount).where(LedgerEntry.entry_key == entry_key))
+
     def ledger_sum(self, pack_id: str) -> int:
         with self.sessions() as s:
             return int(s.scalar(select(func.coalesce(func.sum(LedgerEntry.amount), 0)).where(LedgerEntry.pack_id == pack_id)) or 0)

@@ -45,16 +45,18 @@ class JobRunner:
     async def _run(self, job: ImageJob, source_topic: str, headers: list[tuple[str, bytes]]) -> None:
         pack_id = str(job.pack_id)
         url = self.store.url(pack_id, job.image_id)
-        if self.store.exists(pack_id, job.image_id):
-            # Redelivery or replay of an image that already exists: report it, do not pay twice.
+        made_by = self.store.finished(pack_id, job.image_id)
+        if made_by is not None:
+            # Redelivery or replay of an image that already exists: report it again exactly
+            # as it was first reported (same event ids), and do not pay the provider twice.
             IMAGES.labels("duplicate").inc()
-            await self.publisher.send(handlers.succeeded(job, url, self.topics))
+            await self.publisher.send(handlers.succeeded(job.model_copy(update={"attempt": made_by}), url, self.topics))
             return
         await self.publisher.send([handlers.generating(job, self.topics)])
         try:
             with BACKEND_SECONDS.time():
                 data = await self.backend.generate(job)
-            await asyncio.to_thread(self.store.save, pack_id, job.image_id, job.user_id, data)
+            await asyncio.to_thread(self.store.save, pack_id, job.image_id, job.user_id, data, job.attempt)
         except asyncio.CancelledError:
             raise
         except Exception as exc:

@@ -88,5 +88,12 @@ class RetryForwarder:
                 forward.append(Outgoing(self.topics.images_jobs, m.value or b"", m.key or b"", list(m.headers)))
                 last = m.offset
             if forward and last is not None:
-                await self.publisher.send(forward)
-                await self.consumer.commit({tp: last + 1})
+                try:
+                    await self.publisher.send(forward)
+                    await self.consumer.commit({tp: last + 1})
+                except Exception:
+                    # Fetch these again next time rather than skip them.
+                    self.consumer.seek(tp, messages[0].offset)
+                    self.waiting.pop(tp, None)
+                    self.consumer.resume(tp)
+                    raise

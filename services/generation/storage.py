@@ -22,16 +22,21 @@ class ImageStore:
             raise ValueError(f"unsafe image path {pack_id}/{image_id}")
         return self.root / pack_id / f"{image_id}.png"
 
-    def exists(self, pack_id: str, image_id: str) -> bool:
-        return self.path(pack_id, image_id).exists()
+    def finished(self, pack_id: str, image_id: str) -> int | None:
+        """The attempt that made this image, if it exists: its marker is written last."""
+        try:
+            return int(json.loads(self.path(pack_id, image_id).with_suffix(".json").read_text())["attempt"])
+        except (FileNotFoundError, ValueError, KeyError):
+            return None
 
-    def save(self, pack_id: str, image_id: str, user_id: str, data: bytes) -> None:
+    def save(self, pack_id: str, image_id: str, user_id: str, data: bytes, attempt: int) -> None:
         target = self.path(pack_id, image_id)
         target.parent.mkdir(parents=True, exist_ok=True)
         meta = target.parent / "meta.json"
         if not meta.exists():  # the owner, so the api can refuse everyone else
             _atomic_write(meta, json.dumps({"pack_id": pack_id, "user_id": user_id}).encode())
         _atomic_write(target, data)
+        _atomic_write(target.with_suffix(".json"), json.dumps({"attempt": attempt}).encode())
 
     def url(self, pack_id: str, image_id: str) -> str:
         return f"{self.public_url}/v1/images/{pack_id}/{image_id}"

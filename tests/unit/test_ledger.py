@@ -96,3 +96,25 @@ def test_concurrent_writers_never_double_charge_or_overdraw(database_url: str) -
     assert 0 < len(accepted) < len(packs)
     assert first.balance("carol") == 30 - 2 * len(accepted) >= 0
     assert all(first.ledger_sum(v.pack_id) == -2 for v in accepted)
+
+
+def test_a_redelivered_result_re_emits_the_same_events(ledger: Ledger) -> None:
+    """If credits dies after committing but before publishing, the redelivery must publish."""
+    import uuid
+
+    from shared.events import ImageCompleted, ImageFailed
+    from shared.topics import Topics
+
+    from services.credits import handlers
+
+    pack = str(uuid.uuid4())
+    ledger.accept_pack(pack, "alice", SPECS[:2])
+    failed = ImageFailed(pack_id=pack, user_id="alice", image_id="main", kind="main", attempts=1, error="x", error_type="E", cost=1)
+    done = ImageCompleted(pack_id=pack, user_id="alice", image_id="detail", kind="detail", attempts=1, url="u", cost=1)
+    t = Topics()
+    ids = lambda out: [o.value.split(b'"event_id":"')[1][:36] for o in out]  # noqa: E731
+    for ev, emitted in ((failed, 2), (done, 1)):  # refund + live status; settled PARTIAL
+        first = handlers.on_image_result(ev, ledger, t)
+        again = handlers.on_image_result(ev, ledger, t)
+        assert len(first) == emitted and ids(first) == ids(again)
+    assert ledger.balance("alice") == 9

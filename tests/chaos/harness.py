@@ -1,0 +1,262 @@
+"""Chaos run: packs through a stack with several instances per service while processes
+are SIGKILLed and restarted, the broker restarts once, and the backend fails transiently.
+At the end it waits for quiet, runs `packline audit` and counts what went wrong.
+
+`make chaos` runs the full size; tests/e2e/test_chaos.py a short one."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import random
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+
+from shared.auth import make_api_key
+from shared.devbroker import Broker, free_port
+from shared.errors import InvalidMessage
+from shared.events import TERMINAL_PACK, AccountCreate, CreditsBalance, ImageStatus, PackStatus, decode
+from shared.kafka import Outgoing
+from shared.topics import Topics
+
+from services.cli import kafka_io
+from services.cli.stack import Stack, kind
+
+
+@dataclass
+class ChaosConfig:
+    packs: int = 200
+    instances: int = 3
+    kill_every_s: float = 5.0
+    broker_restart: bool = True
+    failure_rate: float = 0.15
+    latency_ms: int = 300
+    users: int = 10
+    submit_per_s: float = 10.0
+    quiet_timeout_s: float = 900.0
+    chaos_after_submit_s: float = 20.0  # keep killing this long once every pack is in
+    database_url: str | None = None
+    seed: int = 1
+
+
+@dataclass
+class ChaosReport:
+    submitted: int = 0
+    terminal: int = 0
+    lost: int = 0
+    duplicate_images: int = 0
+    double_debits: int = 0
+    double_refunds: int = 0
+    ledger_drift: int = 0
+    kills: list[str] = field(default_factory=list)
+    broker_restarts: int = 0
+    statuses: dict[str, int] = field(default_factory=dict)
+    audit_output: str = ""
+    seconds: float = 0.0
+
+    def lines(self) -> list[str]:
+        return [
+            f"packs submitted   {self.submitted}",
+            f"packs terminal    {self.terminal}   {dict(sorted(self.statuses.items()))}",
+            f"packs lost        {self.lost}",
+            f"duplicate images  {self.duplicate_images}",
+            f"double debits     {self.double_debits}",
+            f"double refunds    {self.double_refunds}",
+            f"ledger drift      {self.ledger_drift}",
+            f"kills             {len(self.kills)} ({', '.join(self.kills)})",
+            f"broker restarts   {self.broker_restarts}",
+            f"wall time         {self.seconds:.0f} s",
+        ]
+
+    @property
+    def clean(self) -> bool:
+        return not (self.lost or self.duplicate_images or self.double_debits or self.double_refunds or self.ledger_drift)
+
+
+class Chaos:
+    def __init__(self, cfg: ChaosConfig, work_dir: Path) -> None:
+        self.cfg, self.dir = cfg, work_dir
+        self.rng = random.Random(cfg.seed)
+        self.broker = Broker(work_dir / "kafka", free_port(), free_port())
+        self.prefix = f"c{uuid.uuid4().hex[:8]}."
+        self.topics = Topics(self.prefix)
+        self.secret = uuid.uuid4().hex
+        self.report = ChaosReport()
+        workers = [f"{k}-{i}" for k in ("credits", "generation", "notifier") for i in range(1, cfg.instances + 1)]
+        instances = ("api", *workers)
+        ports = {name: free_port() for name in instances}
+        env = {
+            "KAFKA_BOOTSTRAP_SERVERS": self.broker.bootstrap, "TOPIC_PREFIX": self.prefix, "PACKLINE_SECRET": self.secret,
+            "VAR_DIR": str(work_dir / "var"), "TOPIC_PARTITIONS": "6", "API_PORT": str(ports["api"]),
+            "LOCAL_IMAGE_LATENCY_MS": str(cfg.latency_ms), "LOCAL_IMAGE_FAILURE_RATE": str(cfg.failure_rate),
+            "RETRY_MAX_ATTEMPTS": "10", "RETRY_BASE_DELAY_S": "0.5", "RETRY_MAX_DELAY_S": "4",
+            "RATE_LIMIT_PER_S": "1000", "RATE_LIMIT_BURST": "1000", "API_KAFKA_TIMEOUT_S": "3",
+            "NOTIFIER_PUBLIC_URL": f"http://127.0.0.1:{ports['notifier-1']}",
+            "API_PUBLIC_URL": f"http://127.0.0.1:{ports['api']}",
+        }
+        if cfg.database_url:
+            env["DATABASE_URL"] = cfg.database_url
+        self.env = env
+        self.stack = Stack(env, work_dir / "logs", instances, ports)
+        self.victims = list(workers)
+
+    # --- the run ------------------------------------------------------------------
+    async def run(self) -> ChaosReport:
+        started = time.monotonic()
+        await asyncio.to_thread(self.broker.start, 120)
+        try:
+            self.stack.start()
+            await asyncio.to_thread(self.stack.wait_healthy, 120)
+            users = [f"chaos-{i}" for i in range(self.cfg.users)]
+            for u in users:
+                await self._command(AccountCreate(user_id=u, credits=10 * self.cfg.packs), u)
+            stop = asyncio.Event()
+            chaos = asyncio.create_task(self._chaos(stop))
+            pack_ids = await self._submit(users)
+            try:
+                await asyncio.wait_for(self._wait_quiet(pack_ids), self.cfg.chaos_after_submit_s)
+            except TimeoutError:
+                pass
+            stop.set()
+            await chaos
+            self._revive_all()
+            await self._wait_quiet(pack_ids)
+            await self._tally(pack_ids)
+        finally:
+            self.report.seconds = time.monotonic() - started
+            self.stack.stop()
+            await asyncio.to_thread(self.broker.stop)
+        return self.report
+
+    async def _submit(self, users: list[str]) -> set[str]:
+        """Each pack is POSTed until a 202, with one Idempotency-Key, whatever is killed meanwhile."""
+        pack_ids: set[str] = set()
+        body = {"product": {"name": "Chaos kettle", "description": "survives anything"}}
+        async with httpx.AsyncClient(timeout=10) as client:
+            for i in range(self.cfg.packs):
+                user = users[i % len(users)]
+                headers = {"Authorization": f"Bearer {make_api_key(self.secret, user)}", "Idempotency-Key": f"chaos-{i}"}
+                deadline = time.monotonic() + 300
+                while time.monotonic() < deadline:
+                    try:
+                        r = await client.post(f"{self.stack.url('api')}/v1/packs", json=body, headers=headers)
+                        if r.status_code == 202:
+                            pack_ids.add(r.json()["pack_id"])
+                            break
+                    except httpx.HTTPError:
+                        pass
+                    await asyncio.sleep(0.5)
+                await asyncio.sleep(1 / self.cfg.submit_per_s)
+        self.report.submitted = len(pack_ids)
+        return pack_ids
+
+    async def _chaos(self, stop: asyncio.Event) -> None:
+        restarted_broker = not self.cfg.broker_restart
+        kills = 0
+        while not stop.is_set():
+            try:
+                await asyncio.wait_for(stop.wait(), self.cfg.kill_every_s)
+                return
+            except TimeoutError:
+                pass
+            kills += 1
+            if not restarted_broker and kills == 3:
+                restarted_broker = True
+                await asyncio.to_thread(self.broker.stop)
+                await asyncio.sleep(2)
+                await asyncio.to_thread(self.broker.start, 120)
+                self.report.broker_restarts += 1
+                continue
+            victim = self.rng.choice(self.victims)
+            self.stack.signal(victim, 9)
+            self.report.kills.append(victim)
+            await asyncio.sleep(0.5)
+            self._revive_all()
+
+    def _revive_all(self) -> None:
+        """Restart every instance that is dead, killed by us or fallen over by itself."""
+        for name, proc in list(self.stack.procs.items()):
+            if proc.poll() is not None:
+                self.stack.start(name)
+
+    async def _statuses(self) -> tuple[dict[str, str], list[ImageStatus]]:
+        last: dict[str, str] = {}
+        images: list[ImageStatus] = []
+        for r in await kafka_io.read_all(self.broker.bootstrap, self.topics.packs_status):
+            try:
+                ev = decode(r.value, (PackStatus, ImageStatus))
+            except InvalidMessage:
+                continue
+            if isinstance(ev, PackStatus):
+                last[str(ev.pack_id)] = ev.status
+            elif isinstance(ev, ImageStatus):
+                images.append(ev)
+        return last, images
+
+    async def _wait_quiet(self, pack_ids: set[str]) -> None:
+        deadline = time.monotonic() + self.cfg.quiet_timeout_s
+        while time.monotonic() < deadline:
+            try:
+                last, _ = await self._statuses()
+            except Exception:  # the broker may be restarting right now
+                last = {}
+            if last and all(last.get(p) in TERMINAL_PACK for p in pack_ids):
+                return
+            self._revive_all()
+            await asyncio.sleep(2)
+
+    async def _tally(self, pack_ids: set[str]) -> None:
+        last, images = await self._statuses()
+        terminal = [p for p in pack_ids if last.get(p) in TERMINAL_PACK]
+        self.report.terminal = len(terminal)
+        self.report.lost = len(pack_ids) - len(terminal)
+        statuses: dict[str, int] = defaultdict(int)
+        for p in terminal:
+            statuses[last[p]] += 1
+        self.report.statuses = dict(statuses)
+        # A redelivered job re-reports an existing image with the same event id; an image
+        # generated twice shows up as two distinct COMPLETED events for one run.
+        completions: dict[tuple[str, str, int], set[str]] = defaultdict(set)
+        for ev in images:
+            if ev.image.status == "COMPLETED":
+                completions[(str(ev.pack_id), ev.image.image_id, ev.run)].add(ev.event_id)
+        self.report.duplicate_images = sum(1 for ids in completions.values() if len(ids) > 1)
+        audit = subprocess.run(
+            [sys.executable, "-m", "services.cli", "audit", "--grace", "0"], env={**os.environ, **self.env},
+            capture_output=True, text=True, timeout=300,
+        )
+        out = audit.stdout + audit.stderr
+        self.report.audit_output = out
+        self.report.double_debits = out.count("double debit")
+        self.report.double_refunds = out.count("double refund")
+        self.report.ledger_drift = out.count("drift")
+
+    async def _command(self, event: AccountCreate, user_id: str) -> None:
+        reply = await kafka_io.request_reply(
+            self.broker.bootstrap, Outgoing.of(self.topics.credits_commands, event, user_id), self.topics.credits_events,
+            lambda e: isinstance(e, CreditsBalance) and e.command_id == event.event_id, timeout=120,
+        )
+        assert isinstance(reply, CreditsBalance) and reply.balance is not None
+
+
+def run(cfg: ChaosConfig, keep: bool = False) -> ChaosReport:
+    work_dir = Path(tempfile.mkdtemp(prefix="packline-chaos-"))
+    try:
+        return asyncio.run(Chaos(cfg, work_dir).run())
+    finally:
+        if keep:
+            print(f"work dir kept: {work_dir}")
+        else:
+            shutil.rmtree(work_dir, ignore_errors=True)
+
+
+__all__ = ["ChaosConfig", "ChaosReport", "kind", "run"]

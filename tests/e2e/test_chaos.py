@@ -1,0 +1,31 @@
+"""A short chaos run inside the suite (the full one is `make chaos`): kills, a broker
+restart and transient backend failures must lose nothing and move no money twice."""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import tempfile
+from pathlib import Path
+
+import pytest
+
+from tests.chaos.harness import Chaos, ChaosConfig
+
+pytestmark = pytest.mark.e2e
+
+
+async def test_short_chaos_run_keeps_every_invariant() -> None:
+    work = Path(tempfile.mkdtemp(prefix="packline-chaos-"))
+    try:
+        cfg = ChaosConfig(packs=24, instances=2, kill_every_s=3, failure_rate=0.2, latency_ms=200,
+                          submit_per_s=4, chaos_after_submit_s=10, quiet_timeout_s=300)
+        report = await Chaos(cfg, work).run()
+        print("\n" + "\n".join(report.lines()))
+        assert report.submitted == cfg.packs
+        assert report.kills and report.broker_restarts == 1
+        assert report.clean, report.audit_output
+        assert report.terminal == report.submitted
+        assert "all invariants hold" in report.audit_output
+    finally:
+        await asyncio.to_thread(shutil.rmtree, work, True)
