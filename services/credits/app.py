@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import logging
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -46,6 +47,13 @@ def build(settings: Settings) -> faust.App:
 
     async def command(ev: Event, _msg: Any) -> None:
         await run(handlers.on_command, ev, ledger, t)
+
+    @app.timer(settings.redrive_every_s)
+    async def redrive() -> None:
+        try:
+            await run(handlers.redrive, ledger, t, settings.redrive_after_s)
+        except Exception:
+            logging.getLogger("packline.credits").exception("redrive failed; next round retries")
 
     @app.agent(raw_topic(app, t.packs_requested), name="packs-requested")
     async def packs_requested(stream: Any) -> None:

@@ -7,10 +7,10 @@ every downstream consumer recognises them as the same events.
 
 from __future__ import annotations
 
-from services.credits.ledger import Ledger, PackView
-from shared.errors import InvalidMessage, UnknownAccount
 from dataclasses import replace
 
+from services.credits.ledger import Ledger, PackView
+from shared.errors import InvalidMessage, UnknownAccount
 from shared.events import (
     AccountCreate,
     BalanceQuery,
@@ -60,7 +60,11 @@ def _money(t: Topics, view: PackView, reason: str, key: str, image_id: str | Non
 def on_pack_requested(ev: PackRequested, ledger: Ledger, t: Topics, price_listing: int, price_aplus: int) -> list[Outgoing]:
     pack_id = str(ev.pack_id)
     specs = plan_pack(ev.images, ev.aplus, price_listing, price_aplus)
-    view = ledger.accept_pack(pack_id, ev.user_id, specs)
+    accepted = PackAccepted(
+        event_id=stable_id(pack_id, "accepted"), pack_id=ev.pack_id, user_id=ev.user_id, product=ev.product,
+        images=specs, cost=sum(s.cost for s in specs),
+    )
+    view = ledger.accept_pack(pack_id, ev.user_id, specs, accepted.encode().decode())
     if view.user_id != ev.user_id:
         raise InvalidMessage(f"pack_id {pack_id} already belongs to another user")
     draft = PackView(view.pack_id, view.user_id, "DRAFT", view.cost, 0, None, [])
@@ -70,10 +74,6 @@ def on_pack_requested(ev: PackRequested, ledger: Ledger, t: Topics, price_listin
     out.append(_processing(t, view, specs))
     # Emitted again on redelivery (same event id): the first attempt may have died before sending it.
     out.append(_money(t, replace(view, money_moved=-view.cost), "debited", f"debit:{pack_id}"))
-    accepted = PackAccepted(
-        event_id=stable_id(pack_id, "accepted"), pack_id=ev.pack_id, user_id=ev.user_id, product=ev.product,
-        images=specs, cost=view.cost,
-    )
     # The PROCESSING status is acknowledged before generation can see the pack, so every
     # image event lands after it in packs.status.
     return out + [Outgoing.of(t.packs_accepted, accepted, pack_id)]
@@ -115,6 +115,18 @@ def on_image_result(ev: Event, ledger: Ledger, t: Topics) -> list[Outgoing]:
             out.append(_status(t, view, "PROCESSING", "money", key))
     if view.status in ("COMPLETED", "PARTIAL", "FAILED"):
         out.append(_status(t, view, view.status, "settled", max(i.run for i in view.images)))
+    return out
+
+
+def redrive(ledger: Ledger, t: Topics, idle_s: float) -> list[Outgoing]:
+    """Packs with pending images and no result for `idle_s` get their pack.accepted again
+    (same event id). Generation reports images that already exist instead of making them
+    again, and the ledger charges per image state, so this can only add missing work.
+    It guards invariant 1 against any consumer-side loss (see README)."""
+    out = []
+    for raw in ledger.stalled(idle_s):
+        accepted = PackAccepted.model_validate_json(raw)
+        out.append(Outgoing(t.packs_accepted, raw.encode(), str(accepted.pack_id).encode(), [("x-redriven", b"1")]))
     return out
 
 

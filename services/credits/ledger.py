@@ -18,6 +18,7 @@ from sqlalchemy import (
     ForeignKey,
     Integer,
     String,
+    Text,
     create_engine,
     event,
     func,
@@ -31,7 +32,6 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sess
 
 from shared.errors import UnknownAccount
 from shared.events import ImageSpec
-
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 
@@ -71,6 +71,8 @@ class Pack(Base):
     status: Mapped[str] = mapped_column(String(16))
     reason: Mapped[str | None] = mapped_column(String(500))
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=_now)
+    accepted_event: Mapped[str | None] = mapped_column(Text)
+    updated_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), default=_now)
 
 
 class PackImage(Base):
@@ -159,12 +161,12 @@ class Ledger:
             return account.balance if account else None
 
     # --- packs ----------------------------------------------------------------------
-    def accept_pack(self, pack_id: str, user_id: str, specs: list[ImageSpec]) -> PackView:
+    def accept_pack(self, pack_id: str, user_id: str, specs: list[ImageSpec], accepted_event: str | None = None) -> PackView:
         """Debit the pack's cost once, or reject it. A second call returns the first outcome."""
         cost = sum(s.cost for s in specs)
         try:
             with self.sessions.begin() as s:
-                pack = Pack(pack_id=pack_id, user_id=user_id, cost=cost, status="PROCESSING")
+                pack = Pack(pack_id=pack_id, user_id=user_id, cost=cost, status="PROCESSING", accepted_event=accepted_event)
                 s.add(pack)
                 s.flush()  # the primary key is the idempotency guard: a duplicate fails here
                 if s.get(Account, user_id) is None:
@@ -206,6 +208,7 @@ class Ledger:
             if run < img.run or img.status == "COMPLETED" or (img.status == "FAILED" and run == img.run and not delivered):
                 return self._view(s, pack, created=False)
             img.run, img.attempts = run, attempts
+            pack.updated_at = _now()
             moved = 0
             if delivered:
                 img.status, img.url, img.error = "COMPLETED", url, None
@@ -233,9 +236,23 @@ class Ledger:
             if run <= img.run or img.status != "FAILED":
                 return self._view(s, pack, created=False)
             img.run, img.status, img.attempts, img.error = run, "PENDING", 0, None
-            pack.status = "PROCESSING"
+            pack.status, pack.updated_at = "PROCESSING", _now()
             s.flush()
             return self._view(s, pack, created=True)
+
+    def stalled(self, idle_s: float, limit: int = 100) -> list[str]:
+        """pack.accepted of packs with images still pending and no result for `idle_s`;
+        their idle clock restarts, so each is driven again at most once per `idle_s`."""
+        cutoff = datetime.fromtimestamp(_now().timestamp() - idle_s, UTC)
+        with self.sessions.begin() as s:
+            pending = select(PackImage.pack_id).where(PackImage.status == "PENDING")
+            packs = list(s.scalars(
+                select(Pack).where(Pack.status == "PROCESSING", Pack.updated_at < cutoff, Pack.pack_id.in_(pending),
+                                   Pack.accepted_event.is_not(None)).limit(limit).with_for_update()
+            ))
+            for pack in packs:
+                pack.updated_at = _now()
+            return [p.accepted_event for p in packs if p.accepted_event]
 
     def pack(self, pack_id: str) -> PackView | None:
         with self.sessions() as s:

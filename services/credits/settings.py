@@ -8,6 +8,9 @@ from shared.settings import CommonSettings
 class Settings(CommonSettings):
     database_url: str = ""  # default: sqlite under VAR_DIR (var/credits.db)
     credits_port: int = Field(default=8002, description="metrics and health")
+    # A pack with pending images and no result for this long is driven again (see handlers.redrive).
+    redrive_after_s: float = Field(default=1800.0, gt=0)
+    redrive_every_s: float = Field(default=30.0, gt=0)
 
     @model_validator(mode="after")
     def _database(self) -> Settings:

@@ -21,15 +21,14 @@ from pathlib import Path
 
 import httpx
 
+from services.cli import kafka_io
+from services.cli.stack import Stack, kind
 from shared.auth import make_api_key
 from shared.devbroker import Broker, free_port
 from shared.errors import InvalidMessage
 from shared.events import TERMINAL_PACK, AccountCreate, CreditsBalance, ImageStatus, PackStatus, decode
 from shared.kafka import Outgoing
 from shared.topics import Topics
-
-from services.cli import kafka_io
-from services.cli.stack import Stack, kind
 
 
 @dataclass
@@ -100,6 +99,7 @@ class Chaos:
             "LOCAL_IMAGE_LATENCY_MS": str(cfg.latency_ms), "LOCAL_IMAGE_FAILURE_RATE": str(cfg.failure_rate),
             "RETRY_MAX_ATTEMPTS": "10", "RETRY_BASE_DELAY_S": "0.5", "RETRY_MAX_DELAY_S": "4",
             "RATE_LIMIT_PER_S": "1000", "RATE_LIMIT_BURST": "1000", "API_KAFKA_TIMEOUT_S": "3",
+            "REDRIVE_AFTER_S": "20", "REDRIVE_EVERY_S": "5",
             "NOTIFIER_PUBLIC_URL": f"http://127.0.0.1:{ports['notifier-1']}",
             "API_PUBLIC_URL": f"http://127.0.0.1:{ports['api']}",
         }
@@ -230,7 +230,8 @@ class Chaos:
             if ev.image.status == "COMPLETED":
                 completions[(str(ev.pack_id), ev.image.image_id, ev.run)].add(ev.event_id)
         self.report.duplicate_images = sum(1 for ids in completions.values() if len(ids) > 1)
-        audit = subprocess.run(
+        audit = await asyncio.to_thread(
+            subprocess.run,
             [sys.executable, "-m", "services.cli", "audit", "--grace", "0"], env={**os.environ, **self.env},
             capture_output=True, text=True, timeout=300,
         )

@@ -118,3 +118,26 @@ def test_a_redelivered_result_re_emits_the_same_events(ledger: Ledger) -> None:
         again = handlers.on_image_result(ev, ledger, t)
         assert len(first) == emitted and ids(first) == ids(again)
     assert ledger.balance("alice") == 9
+
+
+def test_stalled_packs_are_driven_again_once_per_idle_period(ledger: Ledger) -> None:
+    import time
+    import uuid
+
+    from shared.events import PackRequested
+    from shared.topics import Topics
+
+    from services.credits import handlers
+
+    t = Topics()
+    request = PackRequested(pack_id=uuid.uuid4(), user_id="alice", product={"name": "Lamp"}, images=["main", "detail"])
+    out = handlers.on_pack_requested(request, ledger, t, 1, 2)
+    accepted = next(o for o in out if o.topic == t.packs_accepted)
+    time.sleep(0.05)
+    again = handlers.redrive(ledger, t, idle_s=0.01)
+    assert [o.value for o in again] == [accepted.value]  # the same pack.accepted, same event id
+    assert handlers.redrive(ledger, t, idle_s=60) == []  # its idle clock restarted
+    for image_id in ("main", "detail"):
+        ledger.record_image(str(request.pack_id), image_id, run=0, delivered=True, attempts=1, url="u")
+    time.sleep(0.05)
+    assert handlers.redrive(ledger, t, idle_s=0.01) == []  # nothing pending: nothing to drive
