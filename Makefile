@@ -36,6 +36,7 @@ demo: setup
 	$(PACKLINE) demo
 
 test: setup
+	$(BIN)/ruff check shared services tests
 	$(BIN)/pytest -q -ra
 
 test-fast: setup

@@ -11,9 +11,8 @@ import sys
 import httpx
 import pytest
 
-from shared.auth import make_stream_token
-
 from services.cli import sse
+from shared.auth import make_stream_token
 from tests.harness import RunningStack
 
 pytestmark = pytest.mark.e2e
@@ -80,8 +79,8 @@ async def test_revoked_keys_are_refused_by_api_and_notifier(stack: RunningStack)
     old_key = {"Authorization": f"Bearer {stack.key(user)}"}
     pack_id = (await stack.post_pack(user)).json()["pack_id"]
     env = {**os.environ, **stack.env}
-    out = subprocess.run([sys.executable, "-m", "services.cli", "accounts", "revoke-key", user],
-                         env=env, capture_output=True, text=True, timeout=60)
+    out = await asyncio.to_thread(subprocess.run, [sys.executable, "-m", "services.cli", "accounts", "revoke-key", user],
+                                  env=env, capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     new_key = {"Authorization": f"Bearer {out.stdout.strip().splitlines()[-1]}"}
     async with httpx.AsyncClient(timeout=30) as client:

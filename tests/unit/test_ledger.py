@@ -102,10 +102,9 @@ def test_a_redelivered_result_re_emits_the_same_events(ledger: Ledger) -> None:
     """If credits dies after committing but before publishing, the redelivery must publish."""
     import uuid
 
+    from services.credits import handlers
     from shared.events import ImageCompleted, ImageFailed
     from shared.topics import Topics
-
-    from services.credits import handlers
 
     pack = str(uuid.uuid4())
     ledger.accept_pack(pack, "alice", SPECS[:2])
@@ -124,10 +123,9 @@ def test_stalled_packs_are_driven_again_once_per_idle_period(ledger: Ledger) -> 
     import time
     import uuid
 
+    from services.credits import handlers
     from shared.events import PackRequested
     from shared.topics import Topics
-
-    from services.credits import handlers
 
     t = Topics()
     request = PackRequested(pack_id=uuid.uuid4(), user_id="alice", product={"name": "Lamp"}, images=["main", "detail"])
