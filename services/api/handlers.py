@@ -14,7 +14,8 @@ from shared.pricing import pack_cost, plan_pack
 
 
 class PackRequestBody(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    # Strict: `"aplus": 0` or `"images": "main"` are mistakes to report, not to guess at.
+    model_config = ConfigDict(extra="forbid", strict=True)
     product: Product
     images: Annotated[list[ImageKind], Field(min_length=1, max_length=6)] | None = None
     aplus: bool = False

@@ -21,7 +21,7 @@ from shared.kafka import Outgoing
 router = APIRouter()
 PACKS = Counter("packline_api_packs_total", "pack requests by outcome", ["outcome"])
 PRODUCE_SECONDS = Histogram("packline_api_produce_seconds", "time for Kafka to acknowledge a pack request")
-IDEMPOTENCY_KEY = re.compile(r"^[\x21-\x7e]{1,200}$")
+IDEMPOTENCY_KEY = r"^[\x21-\x7e]{1,200}$"
 SAFE_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 STATIC = Path(__file__).parent / "static"
 
@@ -29,10 +29,9 @@ STATIC = Path(__file__).parent / "static"
 @router.post("/v1/packs", status_code=202, response_model=handlers.PackAccepted202)
 async def create_pack(
     body: handlers.PackRequestBody, request: Request, user_id: UserDep, settings: SettingsDep,
-    publisher: PublisherDep, idempotency_key: Annotated[str | None, Header()] = None,
+    publisher: PublisherDep,
+    idempotency_key: Annotated[str | None, Header(pattern=IDEMPOTENCY_KEY, description="1-200 printable ASCII characters")] = None,
 ) -> handlers.PackAccepted202:
-    if idempotency_key is not None and not IDEMPOTENCY_KEY.match(idempotency_key):
-        raise HTTPException(422, "Idempotency-Key must be 1-200 printable ASCII characters")
     wait = request.app.state.limiter.take(user_id)
     if wait:
         PACKS.labels("rate_limited").inc()
