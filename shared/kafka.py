@@ -94,7 +94,21 @@ class Publisher:
         try:
             await asyncio.wait_for(send_all(), self.timeout_s)
         except (KafkaError, TimeoutError) as exc:
+            await self._reset(producer)
             raise BrokerUnavailable(f"Kafka did not acknowledge: {exc!r}") from exc
+
+    async def _reset(self, producer: AIOKafkaProducer) -> None:
+        """Start over with a new producer (a new producer id) after a failure: after a broker
+        restart aiokafka's idempotent producer can keep a batch stuck behind a partition's
+        old sequence numbers, failing every later send to that partition. Callers retry, and
+        every message is keyed, so a late delivery from the old producer is harmless."""
+        async with self._lock:
+            if self._producer is producer:
+                self._producer = None
+        try:
+            await asyncio.wait_for(producer.stop(), 5)
+        except Exception:
+            log.warning("could not stop the failed producer cleanly", exc_info=True)
 
     async def publish(self, topic: str, event: Event, key: object, headers: Headers | None = None) -> None:
         await self.send([Outgoing.of(topic, event, key, headers)])

@@ -242,11 +242,20 @@ class Chaos:
         self.report.ledger_drift = out.count("drift")
 
     async def _command(self, event: AccountCreate, user_id: str) -> None:
-        reply = await kafka_io.request_reply(
-            self.broker.bootstrap, Outgoing.of(self.topics.credits_commands, event, user_id), self.topics.credits_events,
-            lambda e: isinstance(e, CreditsBalance) and e.command_id == event.event_id, timeout=120,
-        )
-        assert isinstance(reply, CreditsBalance) and reply.balance is not None
+        """Account creation is idempotent, so it is simply asked again while a freshly
+        started consumer group of several instances is still settling."""
+        for attempt in range(5):
+            try:
+                reply = await kafka_io.request_reply(
+                    self.broker.bootstrap, Outgoing.of(self.topics.credits_commands, event, user_id),
+                    self.topics.credits_events,
+                    lambda e: isinstance(e, CreditsBalance) and e.command_id == event.event_id, timeout=60,
+                )
+                assert isinstance(reply, CreditsBalance) and reply.balance is not None
+                return
+            except TimeoutError:
+                if attempt == 4:
+                    raise
 
 
 def run(cfg: ChaosConfig, keep: bool = False) -> ChaosReport:
