@@ -10,7 +10,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from aiokafka import AIOKafkaProducer, TopicPartition
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaError, TopicAlreadyExistsError
 
@@ -182,3 +182,49 @@ async def partitions_of(bootstrap: str, topic: str, timeout_s: float = 15.0) -> 
             await asyncio.sleep(0.2)
     finally:
         await admin.close()
+
+
+class ConsumerLoop:
+    """An aiokafka consumer driven by one background task: `step()` runs forever, an error
+    is logged and the loop carries on, `stop()` cancels it and closes the consumer."""
+
+    name = "consumer-loop"
+    consumer: AIOKafkaConsumer | None = None
+    _task: asyncio.Task[None] | None = None
+
+    async def step(self) -> None:
+        raise NotImplementedError
+
+    def spawn(self) -> None:
+        self._task = asyncio.create_task(self._run(), name=self.name)
+
+    async def stop(self) -> None:
+        if self._task:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+        if self.consumer is not None:
+            await self.consumer.stop()
+
+    async def _run(self) -> None:
+        while True:
+            try:
+                await self.step()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("%s failed; carrying on", self.name)
+                await asyncio.sleep(1)
+
+
+async def read_from_start(bootstrap: str, topic: str, client_id: str) -> tuple[AIOKafkaConsumer, list[TopicPartition]]:
+    """A group-less consumer on every partition of `topic`, positioned at the beginning."""
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False, client_id=client_id)
+    try:
+        await consumer.start()
+        tps = await partitions_of(bootstrap, topic)
+        consumer.assign(tps)
+        await consumer.seek_to_beginning(*tps)
+    except BaseException:
+        await consumer.stop()
+        raise
+    return consumer, tps

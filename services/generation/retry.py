@@ -8,13 +8,12 @@ handler and blocks nothing else; offsets are committed only after the job is bac
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 
-from shared.kafka import Outgoing, Publisher, header
+from shared.kafka import ConsumerLoop, Outgoing, Publisher, header
 from shared.topics import Topics
 
 log = logging.getLogger("packline.retry")
@@ -32,13 +31,12 @@ class _Forget(ConsumerRebalanceListener):  # type: ignore[misc]
         pass
 
 
-class RetryForwarder:
+class RetryForwarder(ConsumerLoop):
     def __init__(self, bootstrap: str, group: str, topics: Topics, publisher: Publisher) -> None:
         self.topics = topics
         self.publisher = publisher
         self.waiting: dict[TopicPartition, int] = {}  # paused partition -> due time (epoch ms)
         self.bootstrap, self.group = bootstrap, group
-        self._task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
         self.consumer = AIOKafkaConsumer(
@@ -47,25 +45,10 @@ class RetryForwarder:
         )
         await self.consumer.start()
         self.consumer.subscribe(self.topics.retry_topics, listener=_Forget(self.waiting))
-        self._task = asyncio.create_task(self._loop(), name="retry-forwarder")
+        self.spawn()
 
-    async def stop(self) -> None:
-        if self._task:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
-        await self.consumer.stop()
-
-    async def _loop(self) -> None:
-        while True:
-            try:
-                await self._once()
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                log.exception("retry forwarder failed; carrying on")
-                await asyncio.sleep(1)
-
-    async def _once(self) -> None:
+    async def step(self) -> None:
+        assert self.consumer is not None
         now_ms = int(time.time() * 1000)
         for tp, due in list(self.waiting.items()):
             if due <= now_ms:

@@ -7,11 +7,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
-import shutil
 import statistics
 import sys
-import tempfile
 import time
 import uuid
 from collections import Counter
@@ -21,7 +18,8 @@ import httpx
 
 from services.cli.stack import Stack
 from shared.auth import make_api_key
-from shared.devbroker import Broker, free_port
+from shared.devbroker import free_port
+from tests.bench.common import run_with_broker
 
 
 async def bench(args: argparse.Namespace, bootstrap: str, work: Path) -> None:
@@ -76,20 +74,7 @@ def main() -> int:
     p.add_argument("--rps", type=float, default=300)
     p.add_argument("--seconds", type=float, default=10)
     args = p.parse_args()
-    work = Path(tempfile.mkdtemp(prefix="packline-bench-"))
-    broker = None
-    try:
-        bootstrap = os.environ.get("KAFKA_BOOTSTRAP_SERVERS")
-        if not bootstrap:
-            broker = Broker(work / "kafka", free_port(), free_port())
-            broker.start(120)
-            bootstrap = broker.bootstrap
-        asyncio.run(bench(args, bootstrap, work))
-        return 0
-    finally:
-        if broker:
-            broker.stop()
-        shutil.rmtree(work, ignore_errors=True)
+    return run_with_broker(lambda bootstrap, work: bench(args, bootstrap, work))
 
 
 if __name__ == "__main__":

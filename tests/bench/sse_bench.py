@@ -9,21 +9,19 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
-import shutil
 import statistics
 import sys
-import tempfile
 import time
 import uuid
 from pathlib import Path
 
 from services.cli.stack import Stack
 from shared.auth import make_api_key
-from shared.devbroker import Broker, free_port
+from shared.devbroker import free_port
 from shared.events import ImageEntry, ImageStatus, PackStatus
 from shared.kafka import Outgoing, Publisher
 from shared.topics import Topics
+from tests.bench.common import run_with_broker
 
 
 def rss_kb(pid: int) -> int:
@@ -127,20 +125,7 @@ def main() -> int:
     p.add_argument("--gap", type=float, default=0.5, help="seconds between event rounds")
     p.add_argument("--timeout", type=float, default=120)
     args = p.parse_args()
-    work = Path(tempfile.mkdtemp(prefix="packline-bench-"))
-    broker = None
-    try:
-        bootstrap = os.environ.get("KAFKA_BOOTSTRAP_SERVERS")
-        if not bootstrap:
-            broker = Broker(work / "kafka", free_port(), free_port())
-            broker.start(120)
-            bootstrap = broker.bootstrap
-        asyncio.run(bench(args, bootstrap, work))
-        return 0
-    finally:
-        if broker:
-            broker.stop()
-        shutil.rmtree(work, ignore_errors=True)
+    return run_with_broker(lambda bootstrap, work: bench(args, bootstrap, work))
 
 
 if __name__ == "__main__":
