@@ -7,8 +7,11 @@ import uuid
 
 import httpx
 import pytest
+from aiokafka import AIOKafkaConsumer
 
-from shared.events import LISTING_KINDS
+from shared.client import request_pack
+from shared.events import LISTING_KINDS, PackStatus, Product, decode
+from shared.kafka import Publisher, partitions_of
 from tests.harness import RunningStack
 
 pytestmark = pytest.mark.e2e
@@ -115,3 +118,30 @@ async def test_packs_run_their_images_in_parallel(stack: RunningStack) -> None:
     first_done = min(int(e.id) for e in completed)
     assert all(int(e.id) < first_done for e in generating), statuses(events)
     assert loop.time() - start < 30
+
+
+async def test_a_pack_published_straight_to_kafka_completes(stack: RunningStack) -> None:
+    """Another service skips HTTP: it produces pack.requested itself and follows packs.status."""
+    user = await stack.create_user(credits=10)
+    publisher = Publisher(stack.bootstrap, "other-service")
+    await publisher.start()
+    try:
+        pack_id = await request_pack(publisher, user, Product(name="Desk lamp"), images=["main", "detail"], topics=stack.topics)
+    finally:
+        await publisher.stop()
+    consumer = AIOKafkaConsumer(bootstrap_servers=stack.bootstrap, group_id=None, auto_offset_reset="earliest")
+    await consumer.start()
+    try:
+        consumer.assign(await partitions_of(stack.bootstrap, stack.topics.packs_status))
+        seen: list[str] = []
+        async with asyncio.timeout(60):
+            while "COMPLETED" not in seen:
+                for messages in (await consumer.getmany(timeout_ms=500)).values():
+                    for m in messages:
+                        ev = decode(m.value)
+                        if isinstance(ev, PackStatus) and str(ev.pack_id) == pack_id:
+                            seen.append(ev.status)
+    finally:
+        await consumer.stop()
+    assert seen == ["DRAFT", "PROCESSING", "COMPLETED"]
+    assert await stack.balance(user) == 8
