@@ -29,3 +29,17 @@ async def test_short_chaos_run_keeps_every_invariant() -> None:
         assert "all invariants hold" in report.audit_output
     finally:
         await asyncio.to_thread(shutil.rmtree, work, True)
+
+
+async def test_two_credits_processes_on_one_postgresql_never_double_charge(postgres_url: str) -> None:
+    """Two credits processes share one PostgreSQL ledger while workers are killed."""
+    work = Path(tempfile.mkdtemp(prefix="packline-chaos-pg-"))
+    try:
+        cfg = ChaosConfig(packs=16, instances=2, kill_every_s=4, broker_restart=False, failure_rate=0.2, latency_ms=200,
+                          submit_per_s=4, chaos_after_submit_s=8, quiet_timeout_s=300, database_url=postgres_url)
+        report = await Chaos(cfg, work).run()
+        print("\n" + "\n".join(report.lines()))
+        assert report.submitted == cfg.packs == report.terminal
+        assert report.clean and "all invariants hold" in report.audit_output, report.audit_output
+    finally:
+        await asyncio.to_thread(shutil.rmtree, work, True)
