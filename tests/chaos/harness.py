@@ -22,7 +22,7 @@ from pathlib import Path
 import httpx
 
 from services.cli import kafka_io
-from services.cli.stack import Stack, kind
+from services.cli.stack import Stack
 from shared.auth import make_api_key
 from shared.devbroker import Broker, free_port
 from shared.errors import InvalidMessage
@@ -268,5 +268,3 @@ def run(cfg: ChaosConfig, keep: bool = False) -> ChaosReport:
         else:
             shutil.rmtree(work_dir, ignore_errors=True)
 
-
-__all__ = ["ChaosConfig", "ChaosReport", "kind", "run"]
