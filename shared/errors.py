@@ -22,10 +22,6 @@ class PermanentImageError(PacklineError):
     """Retrying cannot help (content policy, invalid size, other 4xx): dead-letter at once."""
 
 
-class InsufficientCredits(PacklineError):
-    pass
-
-
 class UnknownAccount(PacklineError):
     pass
 

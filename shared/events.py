@@ -27,7 +27,6 @@ ShortText = Annotated[str, StringConstraints(max_length=300)]
 LISTING_KINDS: tuple[ImageKind, ...] = ("main", "lifestyle", "infographic", "detail", "scale", "packaging")
 APLUS_KINDS: tuple[str, ...] = ("aplus_banner", "aplus_features", "aplus_comparison", "aplus_story")
 TERMINAL_PACK = frozenset({"COMPLETED", "PARTIAL", "FAILED", "REJECTED"})
-TERMINAL_IMAGE = frozenset({"COMPLETED", "FAILED"})
 NAMESPACE = uuid.UUID("6b1f0f5e-7a52-4c33-9a8e-0d3c1f2b7a10")
 
 
