@@ -7,7 +7,10 @@ import asyncio
 import base64
 import hashlib
 import io
+import math
 import random
+from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
 from typing import Protocol
 
 import openai
@@ -16,6 +19,8 @@ from PIL import Image, ImageDraw
 from services.generation.settings import Settings
 from shared.errors import PermanentImageError, TransientImageError
 from shared.events import ImageJob
+
+MAX_RETRY_AFTER_S = 3600.0  # a provider's Retry-After beyond this is not trusted
 
 
 class ImageBackend(Protocol):
@@ -112,11 +117,21 @@ def _api_message(exc: openai.APIStatusError) -> str:
 
 
 def _retry_after(exc: openai.APIStatusError) -> float | None:
-    value = exc.response.headers.get("retry-after")
+    """Seconds from `retry-after-ms` or `Retry-After` (seconds or an HTTP date); None if absent or absurd."""
+    headers = exc.response.headers
     try:
-        return max(0.0, float(value)) if value is not None else None
-    except ValueError:
+        if (ms := headers.get("retry-after-ms")) is not None:
+            seconds = float(ms) / 1000
+        elif (value := headers.get("retry-after")) is not None:
+            try:
+                seconds = float(value)
+            except ValueError:
+                seconds = (parsedate_to_datetime(value) - datetime.now(UTC)).total_seconds()
+        else:
+            return None
+    except (TypeError, ValueError, OverflowError):
         return None
+    return min(max(0.0, seconds), MAX_RETRY_AFTER_S) if math.isfinite(seconds) else None
 
 
 def make_backend(settings: Settings) -> ImageBackend:
