@@ -110,8 +110,6 @@ class Publisher:
         except Exception:
             log.warning("could not stop the failed producer cleanly", exc_info=True)
 
-    async def publish(self, topic: str, event: Event, key: object, headers: Headers | None = None) -> None:
-        await self.send([Outgoing.of(topic, event, key, headers)])
 
 
 def failure_headers(

@@ -14,6 +14,3 @@ class Settings(CommonSettings):
     rate_limit_burst: int = Field(default=40, ge=1)
     max_body_bytes: int = Field(default=64 * 1024, ge=1024)
 
-
-def get_settings() -> Settings:
-    return Settings()

@@ -8,10 +8,12 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import Counter, defaultdict
+from collections.abc import Iterable
 from datetime import UTC, datetime
 from typing import Annotated
 
 import typer
+from aiokafka import ConsumerRecord
 from sqlalchemy import select
 
 from services.cli import kafka_io
@@ -22,6 +24,22 @@ from shared.errors import InvalidMessage
 from shared.events import TERMINAL_PACK, ImageStatus, PackRequested, PackStatus, decode
 
 
+def pack_log(records: Iterable[ConsumerRecord[bytes, bytes]]) -> tuple[dict[str, str], list[ImageStatus]]:
+    """packs.status read back: each pack's last status, and every image event."""
+    last: dict[str, str] = {}
+    images: list[ImageStatus] = []
+    for r in records:
+        try:
+            ev = decode(r.value, (PackStatus, ImageStatus))
+        except InvalidMessage:
+            continue
+        if isinstance(ev, PackStatus):
+            last[str(ev.pack_id)] = ev.status
+        elif isinstance(ev, ImageStatus):
+            images.append(ev)
+    return last, images
+
+
 def find_violations(s: Settings, grace_s: float) -> tuple[list[str], dict[str, int]]:
     ledger = Ledger(s.database_url)
     ledger.create_schema()
@@ -30,14 +48,7 @@ def find_violations(s: Settings, grace_s: float) -> tuple[list[str], dict[str, i
     problems: list[str] = []
     now = time.time()
 
-    last_status: dict[str, str] = {}
-    for r in status_records:
-        try:
-            ev = decode(r.value, (PackStatus, ImageStatus))
-        except InvalidMessage:
-            continue
-        if isinstance(ev, PackStatus):
-            last_status[str(ev.pack_id)] = ev.status
+    last_status, _ = pack_log(status_records)
 
     with ledger.sessions() as db:
         packs = {p.pack_id: p for p in db.scalars(select(Pack))}

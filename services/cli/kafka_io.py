@@ -6,29 +6,17 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
-from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
+from aiokafka import ConsumerRecord
 
 from shared.errors import InvalidMessage
 from shared.events import Event, decode
-from shared.kafka import Outgoing, Publisher, partitions_of
-
-
-async def _assigned(bootstrap: str, topic: str) -> tuple[AIOKafkaConsumer, list[TopicPartition]]:
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False)
-    try:
-        await consumer.start()
-        tps = await partitions_of(bootstrap, topic)
-    except BaseException:
-        await consumer.stop()
-        raise
-    consumer.assign(tps)
-    return consumer, tps
+from shared.kafka import Outgoing, Publisher, read_from_start
 
 
 async def request_reply(
     bootstrap: str, command: Outgoing, reply_topic: str, match: Callable[[Event], bool], timeout: float = 30.0,
 ) -> Event:
-    consumer, tps = await _assigned(bootstrap, reply_topic)
+    consumer, tps = await read_from_start(bootstrap, reply_topic, "packline-cli")
     try:
         await consumer.seek_to_end(*tps)
         for tp in tps:  # pin the positions now, so the reply cannot land before we look
@@ -57,11 +45,8 @@ async def request_reply(
 
 async def read_all(bootstrap: str, topic: str) -> list[ConsumerRecord[bytes, bytes]]:
     """Every message currently in `topic`, in partition order."""
-    consumer, tps = await _assigned(bootstrap, topic)
+    consumer, tps = await read_from_start(bootstrap, topic, "packline-cli")
     try:
-        if not tps:
-            return []
-        await consumer.seek_to_beginning(*tps)
         ends = await consumer.end_offsets(tps)
         records: list[ConsumerRecord[bytes, bytes]] = []
         pending = {tp for tp in tps if ends[tp] > 0}

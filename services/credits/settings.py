@@ -19,6 +19,3 @@ class Settings(CommonSettings):
             self.database_url = f"sqlite:///{self.var_dir / 'credits.db'}"
         return self
 
-
-def get_settings() -> Settings:
-    return Settings()

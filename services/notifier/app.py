@@ -3,6 +3,7 @@ HTTP edge; state in state.py, streams in streams.py."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Annotated, Any
@@ -64,10 +65,16 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             raise HTTPException(401, str(exc), headers={"WWW-Authenticate": "Bearer"}) from exc
         raise HTTPException(401, "missing bearer API key or stream token", headers={"WWW-Authenticate": "Bearer"})
 
+    async def caught_up() -> None:
+        """Serve nothing before the state is rebuilt from Kafka: it would be stale."""
+        try:
+            await asyncio.wait_for(feed.ready.wait(), settings.notifier_ready_timeout_s)
+        except TimeoutError as exc:
+            raise HTTPException(503, "notifier is still catching up with Kafka", headers={"Retry-After": "2"}) from exc
+
     async def owned_pack(request: Request, pack_id: str, token: str | None) -> PackState:
         user_id = caller(request, token, pack_id)
-        if not await streams.wait_ready(feed.ready, settings.notifier_ready_timeout_s):
-            raise HTTPException(503, "notifier is still catching up with Kafka", headers={"Retry-After": "2"})
+        await caught_up()
         pack = await store.wait_for_pack(pack_id, settings.notifier_pack_wait_s)
         # Another user's pack is indistinguishable from a missing one.
         if pack is None or pack.user_id != user_id:
@@ -87,8 +94,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @app.get("/v1/events", response_class=EventSourceResponse)
     async def user_events(request: Request) -> EventSourceResponse:
         user_id = caller(request, None, None)
-        if not await streams.wait_ready(feed.ready, settings.notifier_ready_timeout_s):
-            raise HTTPException(503, "notifier is still catching up with Kafka", headers={"Retry-After": "2"})
+        await caught_up()
         return EventSourceResponse(_counted(streams.user_events(store, user_id)), ping=settings.notifier_ping_s, send_timeout=30)
 
     @app.get("/healthz")

@@ -21,7 +21,6 @@ class StatusFeed(ConsumerLoop):
     def __init__(self, bootstrap: str, topic: str, store: Store) -> None:
         self.bootstrap, self.topic, self.store = bootstrap, topic, store
         self.ready = asyncio.Event()
-        self.skipped = 0
 
     async def start(self) -> None:
         self.consumer, tps = await read_from_start(self.bootstrap, self.topic, "packline-notifier")
@@ -46,6 +45,5 @@ class StatusFeed(ConsumerLoop):
                     self.store.apply(decode(m.value, (PackStatus, ImageStatus)))
                 except InvalidMessage as exc:
                     # The workers that consume this topic dead-letter it; here it is only skipped.
-                    self.skipped += 1
                     log.warning("skipping %s[%s]@%s: %s", m.topic, m.partition, m.offset, exc)
         await self._check_ready()

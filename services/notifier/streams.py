@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 from collections.abc import AsyncIterator
 
@@ -57,10 +56,3 @@ def _parse(value: str | None) -> int | None:
     except ValueError:
         return -1  # never resumable: the client gets a snapshot and a resync
 
-
-async def wait_ready(ready: asyncio.Event, timeout: float) -> bool:
-    try:
-        await asyncio.wait_for(ready.wait(), timeout)
-        return True
-    except TimeoutError:
-        return False

@@ -22,11 +22,11 @@ from pathlib import Path
 import httpx
 
 from services.cli import kafka_io
+from services.cli.audit import pack_log
 from services.cli.stack import Stack
 from shared.auth import make_api_key
 from shared.devbroker import Broker, free_port
-from shared.errors import InvalidMessage
-from shared.events import TERMINAL_PACK, AccountCreate, CreditsBalance, ImageStatus, PackStatus, decode
+from shared.events import TERMINAL_PACK, AccountCreate, CreditsBalance, ImageStatus
 from shared.kafka import Outgoing
 from shared.topics import Topics
 
@@ -189,18 +189,7 @@ class Chaos:
                 self.stack.start(name)
 
     async def _statuses(self) -> tuple[dict[str, str], list[ImageStatus]]:
-        last: dict[str, str] = {}
-        images: list[ImageStatus] = []
-        for r in await kafka_io.read_all(self.broker.bootstrap, self.topics.packs_status):
-            try:
-                ev = decode(r.value, (PackStatus, ImageStatus))
-            except InvalidMessage:
-                continue
-            if isinstance(ev, PackStatus):
-                last[str(ev.pack_id)] = ev.status
-            elif isinstance(ev, ImageStatus):
-                images.append(ev)
-        return last, images
+        return pack_log(await kafka_io.read_all(self.broker.bootstrap, self.topics.packs_status))
 
     async def _wait_quiet(self, pack_ids: set[str]) -> None:
         deadline = time.monotonic() + self.cfg.quiet_timeout_s
