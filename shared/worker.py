@@ -1,21 +1,26 @@
-"""What the two faust workers (credits, generation) share: the app factory and the guard
-every agent runs each message through.
+"""What the two workers (credits, generation) share: the process around them, and the
+guard every message goes through.
 
-faust consumes and commits (at_least_once); effects go through `shared.kafka.Publisher`
-and are acknowledged before the guard returns, so an offset is only committed after
-its effects are durable. Handlers are idempotent, so redelivery is harmless.
+A worker is a small Starlette app served by uvicorn, like the api and the notifier: its
+lifespan starts the consumers and stops them on SIGTERM, and it answers /healthz and
+/metrics. Messages are read by `shared.consumer.OrderedConsumer` (offsets committed after
+effects); effects go through `shared.kafka.Publisher` and are acknowledged before the
+guard returns. Handlers are idempotent, so redelivery is harmless.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
-import faust
-import mode
 from prometheus_client import CONTENT_TYPE_LATEST, Counter, generate_latest
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
 
 from shared.errors import BrokerUnavailable, InvalidMessage
 from shared.events import Event, decode
@@ -28,75 +33,74 @@ MESSAGES = Counter("packline_messages_total", "messages handled", ["topic", "out
 UNEXPECTED_RETRIES = 5
 
 
-def make_app(name: str, settings: CommonSettings, web_port: int) -> faust.App:
-    # Per instance (several may share one VAR_DIR): the web port tells them apart.
-    datadir = settings.var_dir / "faust" / f"{settings.topic_prefix}{name}-{web_port}"
-    datadir.mkdir(parents=True, exist_ok=True)
-    app = faust.App(
-        f"{settings.topic_prefix}packline-{name}",
-        broker=f"kafka://{settings.kafka_bootstrap_servers}",
-        value_serializer="raw",
-        key_serializer="raw",
-        processing_guarantee="at_least_once",
-        topic_replication_factor=1,
-        topic_partitions=settings.topic_partitions,
-        topic_allow_declare=False,
-        web_port=web_port,
-        web_bind="127.0.0.1",
-        web_in_thread=False,
-        datadir=str(datadir),
-        consumer_auto_offset_reset="earliest",
-        broker_commit_interval=0.5,
-        # A SIGKILLed member holds its partitions until its session expires: keep that short.
-        broker_session_timeout=10.0,
-        broker_heartbeat_interval=1.0,
-        broker_rebalance_timeout=30.0,
-        producer_acks=-1,
-    )
+def worker_app(name: str, start: Callable[[], Awaitable[None]], stop: Callable[[], Awaitable[None]]) -> Starlette:
+    """The process of a worker: `start` before /healthz answers, `stop` on shutdown."""
 
-    @app.page("/metrics")
-    async def metrics(web: Any, request: Any) -> Any:
-        return web.bytes(generate_latest(), content_type=CONTENT_TYPE_LATEST.split(";")[0])
-
-    @app.page("/healthz")
-    async def healthz(web: Any, request: Any) -> Any:
-        return web.json({"status": "ok", "service": name})
-
-    return app
-
-
-def on_lifecycle(app: faust.App, start: Callable[[], Awaitable[None]], stop: Callable[[], Awaitable[None]]) -> None:
-    """Run `start` when the worker starts and `stop` when it shuts down."""
-
-    @app.service
-    class Lifecycle(mode.Service):
-        async def on_start(self) -> None:
-            await start()
-
-        async def on_stop(self) -> None:
+    @contextlib.asynccontextmanager
+    async def lifespan(_app: Starlette) -> AsyncIterator[None]:
+        await start()
+        try:
+            yield
+        finally:
             await stop()
 
+    async def healthz(_request: Request) -> Response:
+        return JSONResponse({"status": "ok", "service": name})
 
-def raw_topic(app: faust.App, name: str) -> Any:
-    return app.topic(name, value_type=bytes, key_type=bytes, value_serializer="raw", key_serializer="raw")
+    async def metrics(_request: Request) -> Response:
+        return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST.split(";")[0])
+
+    return Starlette(routes=[Route("/healthz", healthz), Route("/metrics", metrics)], lifespan=lifespan)
+
+
+def every(seconds: float, job: Callable[[], Awaitable[None]], name: str) -> asyncio.Task[None]:
+    """Run `job` every `seconds` until cancelled; a failed round is logged, the next one runs."""
+
+    async def loop() -> None:
+        while True:
+            await asyncio.sleep(seconds)
+            try:
+                await job()
+            except Exception:
+                log.exception("%s failed; the next round retries", name)
+
+    return asyncio.create_task(loop(), name=name)
 
 
 async def guard(
-    event: Any,
+    record: Any,
     accept: tuple[type[Event], ...],
     handler: Callable[[Event, Any], Awaitable[None]],
     publisher: Publisher,
     settings: CommonSettings,
 ) -> None:
-    """Decode, run the handler, and never let one message stop the partition:
-    malformed -> invalid.dlq; an unexpected error is retried a few times (a database
-    blip), then dead-lettered with its reason rather than looping forever."""
-    msg = event.message
+    """The whole path of one consumed message: decode, then handle."""
+    typed = await decode_or_dead_letter(record.value, record, accept, publisher, settings)
+    if typed is not None:
+        await handle(typed, record, handler, publisher, settings)
+
+
+async def decode_or_dead_letter(
+    value: bytes | None, msg: Any, accept: tuple[type[Event], ...], publisher: Publisher, settings: CommonSettings,
+) -> Event | None:
+    """The typed event, or None once a malformed message is safely on invalid.dlq."""
     try:
-        typed = decode(event.value, accept)
+        return decode(value, accept)
     except InvalidMessage as exc:
         await _dead_letter(publisher, settings, msg, str(exc), "InvalidMessage")
-        return
+        return None
+
+
+async def handle(
+    typed: Event,
+    msg: Any,
+    handler: Callable[[Event, Any], Awaitable[None]],
+    publisher: Publisher,
+    settings: CommonSettings,
+) -> None:
+    """Run the handler and never let one message stop the partition: an unexpected error
+    is retried a few times (a database blip), then dead-lettered with its reason rather
+    than looping forever; a Kafka outage is waited out."""
     attempt = 0
     while True:
         attempt += 1

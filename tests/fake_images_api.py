@@ -36,7 +36,7 @@ class FakeImagesApi:
 
     async def generate(self, request: Request) -> JSONResponse:
         body = await request.json()
-        self.requests.append({"body": body, "auth": request.headers.get("authorization")})
+        self.requests.append({"body": body, "auth": request.headers.get("authorization"), "at": time.monotonic()})
         if not request.headers.get("authorization", "").startswith("Bearer "):
             return JSONResponse({"error": {"message": "missing key", "type": "invalid_request_error"}}, 401)
         if not all(body.get(k) for k in ("model", "prompt", "size")):

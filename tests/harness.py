@@ -13,7 +13,7 @@ from typing import Any
 import httpx
 
 from services.cli import kafka_io, sse
-from services.cli.stack import Stack
+from services.cli.stack import SERVICES, Stack
 from shared.auth import make_api_key
 from shared.devbroker import free_port
 from shared.events import AccountCreate, BalanceQuery, CreditsBalance, decode
@@ -34,7 +34,10 @@ class RunningStack:
 
     @classmethod
     @contextlib.contextmanager
-    def started(cls, bootstrap: str, tmp: Path, **overrides: str) -> Iterator[RunningStack]:
+    def started(
+        cls, bootstrap: str, tmp: Path, services: tuple[str, ...] = SERVICES, **overrides: str,
+    ) -> Iterator[RunningStack]:
+        """`services` may name several instances of a worker (`generation-1`, `generation-2`)."""
         prefix = f"t{uuid.uuid4().hex[:10]}."
         secret = uuid.uuid4().hex
         ports = {name: str(free_port()) for name in ("API_PORT", "NOTIFIER_PORT", "CREDITS_PORT", "GENERATION_PORT")}
@@ -45,7 +48,7 @@ class RunningStack:
             "NOTIFIER_PUBLIC_URL": f"http://127.0.0.1:{ports['NOTIFIER_PORT']}",
             **FAST_BACKEND, **overrides,
         }
-        stack = Stack(env, tmp / "logs")
+        stack = Stack(env, tmp / "logs", services, ports={name: free_port() for name in services if "-" in name})
         stack.start()
         try:
             stack.wait_healthy(90)

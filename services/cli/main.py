@@ -65,22 +65,24 @@ def serve(service: Annotated[str, typer.Argument(help="api | notifier | credits 
         uvicorn.run(create_notifier(n), host=n.notifier_host, port=n.notifier_port, loop="uvloop", http="httptools",
                     log_level="warning", timeout_graceful_shutdown=3)
     elif service in ("credits", "generation"):
-        from faust.worker import Worker
+        import uvicorn
 
         common = CommonSettings()
-        # faust must find its topics at subscription time.
         asyncio.run(ensure_topics(common.kafka_bootstrap_servers, common.topics, common.topic_partitions))
         if service == "credits":
             from services.credits.app import build
             from services.credits.settings import Settings as CreditsSettings
 
-            worker_app = build(CreditsSettings())
+            c = CreditsSettings()
+            worker, port = build(c), c.credits_port
         else:
             from services.generation.app import build as build_generation
             from services.generation.settings import Settings as GenerationSettings
 
-            worker_app = build_generation(GenerationSettings())
-        Worker(worker_app, loglevel="INFO", quiet=True).execute_from_commandline()
+            g = GenerationSettings()
+            worker, port = build_generation(g), g.generation_port
+        # The grace covers open /metrics requests; the workers' own stop (images in flight) is not cut short.
+        uvicorn.run(worker, host="127.0.0.1", port=port, loop="uvloop", log_level="warning", timeout_graceful_shutdown=3)
     else:
         raise typer.BadParameter(f"unknown service {service!r}; choose one of {', '.join(SERVICES)}")
 

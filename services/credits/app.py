@@ -7,23 +7,22 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import logging
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-import faust
+from starlette.applications import Starlette
 
 from services.credits import handlers
 from services.credits.ledger import Ledger
 from services.credits.settings import Settings
+from shared.consumer import OrderedConsumer, Record
 from shared.events import Event, PackRequested
 from shared.kafka import Outgoing, Publisher
-from shared.worker import guard, make_app, on_lifecycle, raw_topic
+from shared.worker import every, guard, worker_app
 
 
-def build(settings: Settings) -> faust.App:
-    app = make_app("credits", settings, settings.credits_port)
+def build(settings: Settings) -> Starlette:
     t = settings.topics
     ledger = Ledger(settings.database_url)
     publisher = Publisher(settings.kafka_bootstrap_servers, "packline-credits")
@@ -35,43 +34,41 @@ def build(settings: Settings) -> faust.App:
         messages = await loop.run_in_executor(executor, functools.partial(fn, *args))
         await publisher.send(messages)
 
-    ledger.create_schema()
-    on_lifecycle(app, publisher.start, publisher.stop)
-
-    async def requested(ev: Event, _msg: Any) -> None:
+    async def requested(ev: Event, _record: Any) -> None:
         assert isinstance(ev, PackRequested)
         await run(handlers.on_pack_requested, ev, ledger, t, settings.price_listing, settings.price_aplus)
 
-    async def result(ev: Event, _msg: Any) -> None:
+    async def result(ev: Event, _record: Any) -> None:
         await run(handlers.on_image_result, ev, ledger, t)
 
-    async def command(ev: Event, _msg: Any) -> None:
+    async def command(ev: Event, _record: Any) -> None:
         await run(handlers.on_command, ev, ledger, t)
 
-    @app.timer(settings.redrive_every_s)
-    async def redrive() -> None:
-        try:
-            await run(handlers.redrive, ledger, t, settings.redrive_after_s)
-        except Exception:
-            logging.getLogger("packline.credits").exception("redrive failed; next round retries")
+    routes: dict[str, tuple[tuple[type[Event], ...], Callable[[Event, Any], Any]]] = {
+        t.packs_requested: ((PackRequested,), requested),
+        t.images_results: (handlers.RESULTS, result),
+        t.credits_commands: (handlers.COMMANDS, command),
+    }
 
-    @app.agent(raw_topic(app, t.packs_requested), name="packs-requested")
-    async def packs_requested(stream: Any) -> None:
-        async for event in stream.events():
-            await guard(event, (PackRequested,), requested, publisher, settings)
+    async def dispatch(record: Record) -> None:
+        accept, handler = routes[record.topic]
+        await guard(record, accept, handler, publisher, settings)
 
-    @app.agent(raw_topic(app, t.images_results), name="images-results")
-    async def images_results(stream: Any) -> None:
-        async for event in stream.events():
-            await guard(event, handlers.RESULTS, result, publisher, settings)
+    consumer = OrderedConsumer(settings.kafka_bootstrap_servers, f"{settings.topic_prefix}packline-credits", list(routes), dispatch)
+    redrive: asyncio.Task[None] | None = None
 
-    @app.agent(raw_topic(app, t.credits_commands), name="credits-commands")
-    async def credits_commands(stream: Any) -> None:
-        async for event in stream.events():
-            await guard(event, handlers.COMMANDS, command, publisher, settings)
+    async def start() -> None:
+        nonlocal redrive
+        ledger.create_schema()
+        await publisher.start()
+        await consumer.start()
+        redrive = every(settings.redrive_every_s, lambda: run(handlers.redrive, ledger, t, settings.redrive_after_s), "redrive")
 
-    return app
+    async def stop() -> None:
+        if redrive is not None:
+            redrive.cancel()
+        await consumer.stop()
+        await publisher.stop()
+        executor.shutdown(wait=True)
 
-
-def main() -> None:
-    build(Settings()).main()
+    return worker_app("credits", start, stop)

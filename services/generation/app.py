@@ -1,60 +1,62 @@
 """generation worker: fans accepted packs out to image jobs and runs them.
 
-Wiring only: logic in handlers.py, the job runner in jobs.py, retry tiers in retry.py.
+Wiring only: logic in handlers.py, the job runner in jobs.py, the fair job scheduler in
+scheduler.py (pure parts in scheduling.py), retry tiers in retry.py.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-import faust
+from starlette.applications import Starlette
 
 from services.generation import handlers
 from services.generation.backends import make_backend
 from services.generation.jobs import JobRunner
 from services.generation.retry import RetryForwarder
+from services.generation.scheduler import JobScheduler
+from services.generation.scheduling import ProviderLimiter
 from services.generation.settings import Settings
 from services.generation.storage import ImageStore
-from shared.events import Event, ImageJob, PackAccepted
+from shared.consumer import OrderedConsumer, Record
+from shared.events import Event, PackAccepted
 from shared.kafka import Publisher
-from shared.worker import guard, make_app, on_lifecycle, raw_topic
+from shared.worker import guard, worker_app
 
 
-def build(settings: Settings) -> faust.App:
-    app = make_app("generation", settings, settings.generation_port)
+def build(settings: Settings) -> Starlette:
     t = settings.topics
     publisher = Publisher(settings.kafka_bootstrap_servers, "packline-generation")
     policy = handlers.RetryPolicy(settings.retry_max_attempts, settings.retry_base_delay_s, settings.retry_max_delay_s)
-    runner = JobRunner(make_backend(settings), ImageStore(settings.images_dir, settings.api_public_url), publisher, t, policy)
+    limiter = ProviderLimiter(settings.images_per_minute, settings.images_burst)
+    store = ImageStore(settings.images_dir, settings.api_public_url)
+    runner = JobRunner(make_backend(settings), store, publisher, t, policy, limiter)
+    scheduler = JobScheduler(
+        settings, runner, limiter, publisher, concurrency=settings.generation_concurrency,
+        prefetch=settings.generation_prefetch, shutdown_grace_s=settings.generation_shutdown_grace_s,
+    )
     forwarder = RetryForwarder(settings.kafka_bootstrap_servers, f"{settings.topic_prefix}packline-generation-retry", t, publisher)
 
-    async def start() -> None:
-        await publisher.start()
-        await forwarder.start()
 
-    async def stop() -> None:
-        await forwarder.stop()
-        await publisher.stop()
-
-    on_lifecycle(app, start, stop)
-
-    async def accepted(ev: Event, _msg: Any) -> None:
+    async def accepted(ev: Event, _record: Any) -> None:
         assert isinstance(ev, PackAccepted)
         await publisher.send(handlers.fan_out(ev, t))
 
-    async def job(ev: Event, msg: Any) -> None:
-        assert isinstance(ev, ImageJob)
-        await runner.run(ev, msg.topic, msg.headers)
+    async def dispatch(record: Record) -> None:
+        await guard(record, (PackAccepted,), accepted, publisher, settings)
 
-    @app.agent(raw_topic(app, t.packs_accepted), name="packs-accepted")
-    async def packs_accepted(stream: Any) -> None:
-        async for event in stream.events():
-            await guard(event, (PackAccepted,), accepted, publisher, settings)
+    packs = OrderedConsumer(settings.kafka_bootstrap_servers, f"{settings.topic_prefix}packline-generation", [t.packs_accepted], dispatch)
 
-    # One actor per image in flight: the six images of a pack run side by side.
-    @app.agent(raw_topic(app, t.images_jobs), name="images-jobs", concurrency=settings.generation_concurrency)
-    async def images_jobs(stream: Any) -> None:
-        async for event in stream.events():
-            await guard(event, (ImageJob,), job, publisher, settings)
+    async def start() -> None:
+        await publisher.start()
+        await scheduler.start()
+        await forwarder.start()
+        await packs.start()
 
-    return app
+    async def stop() -> None:
+        await packs.stop()
+        await forwarder.stop()
+        await scheduler.stop()
+        await publisher.stop()
+
+    return worker_app("generation", start, stop)

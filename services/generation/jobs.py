@@ -12,6 +12,7 @@ from prometheus_client import Counter, Histogram
 
 from services.generation import handlers
 from services.generation.backends import ImageBackend
+from services.generation.scheduling import ProviderLimiter
 from services.generation.storage import ImageStore
 from shared.events import ImageJob
 from shared.kafka import Publisher
@@ -25,22 +26,32 @@ BACKEND_SECONDS = Histogram("packline_backend_seconds", "image backend latency")
 class JobRunner:
     def __init__(
         self, backend: ImageBackend, store: ImageStore, publisher: Publisher, topics: Topics,
-        policy: handlers.RetryPolicy, rng: random.Random | None = None,
+        policy: handlers.RetryPolicy, limiter: ProviderLimiter | None = None, rng: random.Random | None = None,
     ) -> None:
         self.backend, self.store, self.publisher, self.topics = backend, store, publisher, topics
         self.policy = policy
+        self.limiter = limiter or ProviderLimiter(0)
         self.rng = rng or random.Random()
-        self.in_flight: set[tuple[str, str, int]] = set()
+        # job -> future resolved with True when its run ended with its effects published
+        self.in_flight: dict[tuple[str, str, int], asyncio.Future[bool]] = {}
 
     async def run(self, job: ImageJob, source_topic: str, headers: Any) -> None:
         key = (str(job.pack_id), job.image_id, job.run)
-        if key in self.in_flight:
-            return  # a redelivered copy of a job this process is already generating
-        self.in_flight.add(key)
+        while (running := self.in_flight.get(key)) is not None:
+            # A redelivered copy of a job this process is already generating (after a
+            # rebalance): wait for it rather than generate twice, and do not return (and let
+            # the offset move) before it is done. Run it ourselves if that copy died.
+            if await asyncio.shield(running):
+                return
+        finished: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        self.in_flight[key] = finished
+        ok = False
         try:
             await self._run(job, source_topic, list(headers or ()))
+            ok = True
         finally:
-            self.in_flight.discard(key)
+            del self.in_flight[key]
+            finished.set_result(ok)
 
     async def _run(self, job: ImageJob, source_topic: str, headers: list[tuple[str, bytes]]) -> None:
         pack_id = str(job.pack_id)
@@ -52,6 +63,7 @@ class JobRunner:
             IMAGES.labels("duplicate").inc()
             await self.publisher.send(handlers.succeeded(job.model_copy(update={"attempt": made_by}), url, self.topics))
             return
+        await self.limiter.acquire()
         await self.publisher.send([handlers.generating(job, self.topics)])
         try:
             with BACKEND_SECONDS.time():

@@ -3,7 +3,7 @@
 
 A tier's partition is paused while its head message is not due, so waiting costs no
 handler and blocks nothing else; offsets are committed only after the job is back on
-`images.jobs`. faust is not used here because it resumes partitions on its own.
+`images.jobs`. Not an OrderedConsumer: a tier's wait is a pause, not a handler.
 """
 
 from __future__ import annotations

@@ -18,7 +18,12 @@ class Settings(CommonSettings):
     # Test and chaos knobs of the local backend (extensions, see README):
     local_image_fail_first: int = Field(default=0, ge=0)  # transient failures before success, per image
     local_image_permanent_fail_kinds: str = ""  # comma-separated kinds that always fail permanently
-    generation_concurrency: int = Field(default=64, ge=1)
+    generation_concurrency: int = Field(default=64, ge=1)  # images in flight per process
+    generation_prefetch: int = Field(default=2000, ge=1)  # jobs read ahead into the fair queue
+    generation_shutdown_grace_s: float = Field(default=10.0, ge=0)  # SIGTERM: let images finish this long
+    # The provider's limit for the whole deployment (0 = none), split across processes.
+    images_per_minute: float = Field(default=0.0, ge=0)
+    images_burst: int = Field(default=1, ge=1)
     retry_max_attempts: int = Field(default=5, ge=1)
     retry_base_delay_s: float = Field(default=2.0, ge=0)
     retry_max_delay_s: float = Field(default=300.0, ge=0)

@@ -1,0 +1,175 @@
+"""images.jobs, consumed by hand: a plain aiokafka consumer (its own group) reads jobs
+ahead into a per-user fair queue, a fixed pool of workers runs them, and each partition's
+offset is committed only up to its oldest unfinished job.
+
+Why not an OrderedConsumer like the other topics: served in log order, one user's 50 packs
+queued ahead of another user's single pack would make that pack wait for all 300 images.
+Jobs here finish out of order, so the commit point is tracked per job (OffsetTracker).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
+from prometheus_client import Gauge
+
+from services.generation.jobs import JobRunner
+from services.generation.scheduling import FairQueue, OffsetTracker, ProviderLimiter
+from shared.consumer import Record, member_options
+from shared.events import Event, ImageJob
+from shared.kafka import ConsumerLoop, Publisher
+from shared.settings import CommonSettings
+from shared.worker import decode_or_dead_letter, handle
+
+log = logging.getLogger("packline.scheduler")
+QUEUED = Gauge("packline_jobs_queued", "image jobs read ahead and waiting for a worker")
+USERS = Gauge("packline_jobs_queued_users", "users with jobs waiting")
+SHARE = Gauge("packline_provider_share", "this process's fraction of the images-per-minute limit")
+
+
+def group_id(topic_prefix: str) -> str:
+    return f"{topic_prefix}packline-generation-jobs"
+
+
+@dataclass(frozen=True)
+class Queued:
+    tp: TopicPartition
+    record: Record
+    job: ImageJob
+
+
+class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
+    def __init__(self, scheduler: JobScheduler) -> None:
+        self.scheduler = scheduler
+
+    async def on_partitions_revoked(self, revoked: list[TopicPartition]) -> None:
+        await self.scheduler.on_revoked(set(revoked))
+
+    async def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
+        self.scheduler.on_assigned()
+
+
+class JobScheduler(ConsumerLoop):
+    name = "images-jobs"
+    commit_every_s = 0.5
+
+    def __init__(
+        self, settings: CommonSettings, runner: JobRunner, limiter: ProviderLimiter, publisher: Publisher, *,
+        concurrency: int, prefetch: int, shutdown_grace_s: float,
+    ) -> None:
+        self.settings, self.runner, self.limiter, self.publisher = settings, runner, limiter, publisher
+        self.topic = settings.topics.images_jobs
+        self.group = group_id(settings.topic_prefix)
+        self.concurrency, self.prefetch, self.shutdown_grace_s = concurrency, prefetch, shutdown_grace_s
+        self.queue: FairQueue[Queued] = FairQueue()
+        self.offsets: OffsetTracker[TopicPartition] = OffsetTracker()
+        self.running: dict[asyncio.Task[None], Queued] = {}
+        self._idle = asyncio.Event()  # set while no job is running
+        self._workers: list[asyncio.Task[None]] = []
+        self._last_commit = 0.0
+
+    async def start(self) -> None:
+        self.consumer = AIOKafkaConsumer(
+            bootstrap_servers=self.settings.kafka_bootstrap_servers, **member_options(self.group),  # type: ignore[arg-type]
+        )
+        await self.consumer.start()
+        self.consumer.subscribe([self.topic], listener=_Rebalance(self))
+        self._workers = [asyncio.create_task(self._work(), name=f"images-jobs-{i}") for i in range(self.concurrency)]
+        self.spawn()
+
+    async def stop(self) -> None:
+        """Stop reading, give the images in flight `shutdown_grace_s` to finish, then cancel
+        the rest: whatever is unfinished is not committed, so the group hands it out again."""
+        if self._task:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+            self._task = None
+        self.queue.remove(lambda _q: True)
+        if self.running:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._idle.wait(), self.shutdown_grace_s)
+        for worker in self._workers:
+            worker.cancel()
+        await asyncio.gather(*self._workers, return_exceptions=True)
+        with contextlib.suppress(Exception):
+            await self._commit(force=True)
+        await super().stop()
+
+    async def step(self) -> None:
+        assert self.consumer is not None
+        owned = self.consumer.assignment()
+        # Read ahead only so far: past `prefetch` queued jobs, stop fetching until workers catch up.
+        if len(self.queue) >= self.prefetch:
+            self.consumer.pause(*owned)
+        elif self.consumer.paused():
+            self.consumer.resume(*self.consumer.paused())
+        batches = await self.consumer.getmany(timeout_ms=200, max_records=max(1, self.prefetch - len(self.queue)))
+        for tp, records in batches.items():
+            for record in records:
+                self.offsets.fetched(tp, record.offset)
+                typed = await decode_or_dead_letter(record.value, record, (ImageJob,), self.publisher, self.settings)
+                if isinstance(typed, ImageJob):
+                    self.queue.put(typed.user_id, Queued(tp, record, typed))
+                else:
+                    self.offsets.done(tp, record.offset)  # on invalid.dlq now
+        QUEUED.set(len(self.queue))
+        USERS.set(self.queue.users)
+        await self._commit()
+
+    async def _work(self) -> None:
+        while True:
+            item = await self.queue.get()
+            task = asyncio.current_task()
+            assert task is not None
+            self.running[task] = item
+            self._idle.clear()
+            try:
+                await handle(item.job, item.record, self._job, self.publisher, self.settings)
+                self.offsets.done(item.tp, item.record.offset)
+            finally:
+                del self.running[task]
+                if not self.running:
+                    self._idle.set()
+
+    async def _job(self, ev: Event, record: Any) -> None:
+        assert isinstance(ev, ImageJob)
+        await self.runner.run(ev, record.topic, record.headers)
+
+    async def _commit(self, force: bool = False) -> None:
+        assert self.consumer is not None
+        now = time.monotonic()
+        if not force and now - self._last_commit < self.commit_every_s:
+            return
+        self._last_commit = now
+        offsets = self.offsets.committable(self.consumer.assignment())
+        if not offsets:
+            return
+        try:
+            await self.consumer.commit(offsets)
+            self.offsets.committed(offsets)
+        except Exception as exc:  # a rebalance in progress: the next round commits again
+            log.info("commit of %s deferred: %r", offsets, exc)
+
+    async def on_revoked(self, revoked: set[TopicPartition]) -> None:
+        # Last chance to commit what is finished; queued jobs of these partitions go back to
+        # the group (the new owner reads them from the committed offset).
+        with contextlib.suppress(Exception):
+            await self._commit(force=True)
+        dropped = self.queue.remove(lambda q: q.tp in revoked)
+        self.offsets.forget(revoked)
+        if dropped:
+            log.info("handed back %d queued jobs of %s", dropped, sorted(tp.partition for tp in revoked))
+
+    def on_assigned(self) -> None:
+        assert self.consumer is not None
+        total = len(self.consumer.partitions_for_topic(self.topic) or ()) or self.settings.topic_partitions
+        self.limiter.set_share(len(self.consumer.assignment()), total)
+        SHARE.set(len(self.consumer.assignment()) / total)
+        log.info("images.jobs partitions %s; provider share %.2f",
+                 sorted(tp.partition for tp in self.consumer.assignment()), self.limiter.share)

@@ -1,0 +1,108 @@
+"""`make bench-pipeline`: what the pipeline adds to a pack beyond the image model's own
+time, and how many images per second it carries. A benchmark, not a test; loopback only;
+bounded.
+
+latency:    packs one after another; for each, POST /v1/packs -> COMPLETED on packs.status,
+            minus the slowest of its six images' own backend time (GENERATING -> COMPLETED).
+throughput: packs published at once straight to Kafka; images COMPLETED per second.
+
+python -m tests.bench.pipeline_bench [--packs 40] [--latency-ms 300] [--burst-packs 300]"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import statistics
+import sys
+import time
+from collections import defaultdict
+from pathlib import Path
+
+from shared.client import request_pack
+from shared.events import ImageStatus, PackStatus, Product, decode
+from shared.kafka import Publisher, read_from_start
+from tests.bench.common import run_with_broker
+from tests.harness import RunningStack
+
+
+class Seen:
+    def __init__(self) -> None:
+        self.packs: dict[str, dict[str, float]] = defaultdict(dict)
+        self.images: dict[tuple[str, str], dict[str, float]] = defaultdict(dict)
+        self.completed_images: list[float] = []
+
+    async def follow(self, s: RunningStack) -> None:
+        consumer, _ = await read_from_start(s.bootstrap, s.topics.packs_status, "pipeline-bench")
+        try:
+            async for record in consumer:
+                now = time.perf_counter()
+                ev = decode(record.value)
+                if isinstance(ev, PackStatus):
+                    self.packs[str(ev.pack_id)].setdefault(ev.status, now)
+                elif isinstance(ev, ImageStatus):
+                    marks = self.images[(str(ev.pack_id), ev.image.image_id)]
+                    if ev.image.status not in marks and ev.image.status == "COMPLETED":
+                        self.completed_images.append(now)
+                    marks.setdefault(ev.image.status, now)
+        finally:
+            await consumer.stop()
+
+    async def until(self, pack_ids: list[str], timeout: float = 300) -> None:
+        deadline = time.perf_counter() + timeout
+        while not all("COMPLETED" in self.packs.get(p, {}) for p in pack_ids):
+            if time.perf_counter() > deadline:
+                raise TimeoutError("packs did not complete")
+            await asyncio.sleep(0.001)
+
+
+async def bench(args: argparse.Namespace, bootstrap: str, work: Path) -> None:
+    with RunningStack.started(
+        bootstrap, work, LOCAL_IMAGE_LATENCY_MS=str(args.latency_ms), TOPIC_PARTITIONS="6",
+        GENERATION_CONCURRENCY="256", RATE_LIMIT_PER_S="1000", RATE_LIMIT_BURST="1000",
+    ) as s:
+        seen = Seen()
+        follower = asyncio.create_task(seen.follow(s))
+        try:
+            user = await s.create_user(credits=6 * (args.packs + args.burst_packs + 1))
+            await s.post_pack(user)  # warm-up: connections, first fetches
+            overheads = []
+            for _ in range(args.packs):
+                t0 = time.perf_counter()
+                pack_id = (await s.post_pack(user)).json()["pack_id"]
+                await seen.until([pack_id])
+                model = max(m["COMPLETED"] - m["GENERATING"] for (p, _), m in seen.images.items() if p == pack_id)
+                overheads.append((seen.packs[pack_id]["COMPLETED"] - t0 - model) * 1000)
+            overheads.sort()
+            q = statistics.quantiles(overheads, n=100)
+            print(f"pipeline overhead per pack ({args.packs} packs, images {args.latency_ms} ms): "
+                  f"p50 {q[49]:.1f} ms, p90 {q[89]:.1f} ms, max {overheads[-1]:.1f} ms")
+
+            publisher = Publisher(s.bootstrap, "pipeline-bench")
+            await publisher.start()
+            before = len(seen.completed_images)
+            t0 = time.perf_counter()
+            burst = await asyncio.gather(*(
+                request_pack(publisher, user, Product(name=f"Burst {i}"), topics=s.topics) for i in range(args.burst_packs)
+            ))
+            await publisher.stop()
+            await seen.until(list(burst), timeout=600)
+            took = time.perf_counter() - t0
+            images = len(seen.completed_images) - before
+            print(f"throughput: {args.burst_packs} packs ({images} images) published at once, all COMPLETED in "
+                  f"{took:.1f} s: {images / took:.0f} images/s end to end (one process per service)")
+        finally:
+            follower.cancel()
+            await asyncio.gather(follower, return_exceptions=True)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--packs", type=int, default=40)
+    parser.add_argument("--latency-ms", type=int, default=300)
+    parser.add_argument("--burst-packs", type=int, default=300)
+    args = parser.parse_args()
+    return run_with_broker(lambda bootstrap, work: bench(args, bootstrap, work))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
