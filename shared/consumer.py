@@ -1,10 +1,10 @@
 """The consumer every worker reads its topics with: a consumer-group member that handles
-each partition strictly in order, partitions side by side, and commits a batch's offsets
-only after every message in it was handled (effects first, offsets after).
+each partition strictly in order, partitions side by side, and commits an offset only
+after every message before it was handled and its effects acknowledged.
 
 aiokafka runs a rebalance inside `getmany`, that is between two batches, so no message is
 being handled while partitions move; a commit that fails because a rebalance started in
-the meantime only means the batch is read again, and every handler is idempotent.
+the meantime only means messages are read again, and every handler is idempotent.
 (This replaced faust-streaming agents, whose 0.15.3 commit bookkeeping could skip a
 message after a rebalance: README, "Offsets".)
 """
@@ -12,11 +12,13 @@ message after a rebalance: README, "Offsets".)
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
-from collections.abc import Awaitable, Callable, Sequence
+import time
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import TypeAlias
 
-from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.structs import ConsumerRecord
 
 from shared.kafka import ConsumerLoop
@@ -35,39 +37,104 @@ def member_options(group: str) -> dict[str, object]:
     }
 
 
+class _CommitOnRevoke(ConsumerRebalanceListener):  # type: ignore[misc]
+    def __init__(self, owner: OrderedConsumer) -> None:
+        self.owner = owner
+
+    async def on_partitions_revoked(self, revoked: list[TopicPartition]) -> None:
+        try:
+            await self.owner.commit(set(revoked))
+        except Exception as exc:  # the new owner reads them again; handlers are idempotent
+            log.info("%s: no commit before handing over %s: %r", self.owner.name, revoked, exc)
+        self.owner.forget(revoked)
+
+    async def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
+        pass
+
+
 class OrderedConsumer(ConsumerLoop):
+    """Commits are deferred (every `commit_every_s`, and before partitions are handed over):
+    a handler's effects leave as soon as it returns, and one commit covers many batches, so
+    no message waits for a commit round trip of the one before it."""
+
+    commit_every_s = 0.2
+
     def __init__(
         self, bootstrap: str, group: str, topics: Sequence[str], handle: Callable[[Record], Awaitable[None]],
-        max_batch: int = 200,
+        before_commit: Callable[[], Awaitable[None]] | None = None, max_batch: int = 200,
     ) -> None:
+        """`before_commit` runs before offsets are committed: a publisher's `flush`, when
+        handlers only enqueue their effects."""
         self.bootstrap, self.group, self.topics, self.handle = bootstrap, group, list(topics), handle
-        self.max_batch = max_batch
+        self.before_commit, self.max_batch = before_commit, max_batch
         self.name = f"{group}[{','.join(self.topics)}]"
+        # Per partition, since the last commit: the first offset handled, and the next one.
+        self._from: dict[TopicPartition, int] = {}
+        self._handled: dict[TopicPartition, int] = {}
+        self._last_commit = 0.0
 
     async def start(self) -> None:
         self.consumer = AIOKafkaConsumer(bootstrap_servers=self.bootstrap, **member_options(self.group))  # type: ignore[arg-type]
         await self.consumer.start()
-        self.consumer.subscribe(self.topics)
+        self.consumer.subscribe(self.topics, listener=_CommitOnRevoke(self))
         self.spawn()
+
+    async def stop(self) -> None:
+        if self._task:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+            self._task = None
+        with contextlib.suppress(Exception):
+            await self.commit()
+        await super().stop()
 
     async def step(self) -> None:
         assert self.consumer is not None
-        batches = await self.consumer.getmany(timeout_ms=500, max_records=self.max_batch)
-        if not batches:
+        batches = await self.consumer.getmany(timeout_ms=100, max_records=self.max_batch)
+        if batches:
+            try:
+                await asyncio.gather(*(self._in_order(records) for records in batches.values()))
+            except BaseException:
+                # Never let the position run past messages that were not handled: read them again.
+                for tp, records in batches.items():
+                    self.consumer.seek(tp, records[0].offset)
+                raise
+            for tp, records in batches.items():
+                self._from.setdefault(tp, records[0].offset)
+                self._handled[tp] = records[-1].offset + 1
+        if self._handled and time.monotonic() - self._last_commit >= self.commit_every_s:
+            await self.commit()
+
+    async def commit(self, partitions: set[TopicPartition] | None = None) -> None:
+        """Wait for the effects of everything handled, then commit it (for `partitions`, or
+        all). If the effects did not all make it, everything since the last commit is read
+        and handled again."""
+        assert self.consumer is not None
+        self._last_commit = time.monotonic()
+        offsets = {tp: o for tp, o in self._handled.items() if partitions is None or tp in partitions}
+        if not offsets:
             return
         try:
-            await asyncio.gather(*(self._in_order(records) for records in batches.values()))
+            if self.before_commit is not None:
+                await self.before_commit()
         except BaseException:
-            # Never let the position run past messages that were not handled: read them again.
-            for tp, records in batches.items():
-                self.consumer.seek(tp, records[0].offset)
+            # The flush covered every partition's effects, so every partition goes back.
+            for tp, first in self._from.items():
+                with contextlib.suppress(Exception):
+                    self.consumer.seek(tp, first)
+            self.forget(list(self._from))
             raise
-        offsets = {tp: records[-1].offset + 1 for tp, records in batches.items()}
         try:
             await self.consumer.commit(offsets)
         except Exception as exc:
-            # Partitions moved meanwhile: their new owner reads the batch again (idempotent).
-            log.info("%s: commit of %s not taken (%r); the batch will be read again", self.name, _fmt(offsets), exc)
+            # Partitions moved meanwhile: their new owner reads these again (idempotent).
+            log.info("%s: commit of %s not taken (%r)", self.name, _fmt(offsets), exc)
+        self.forget(offsets)
+
+    def forget(self, partitions: Iterable[TopicPartition]) -> None:
+        for tp in list(partitions):
+            self._from.pop(tp, None)
+            self._handled.pop(tp, None)
 
     async def _in_order(self, records: list[Record]) -> None:
         for record in records:

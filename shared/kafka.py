@@ -53,6 +53,7 @@ class Publisher:
         self.bootstrap, self.client_id, self.timeout_s = bootstrap, client_id, timeout_s
         self._producer: AIOKafkaProducer | None = None
         self._lock = asyncio.Lock()
+        self._unflushed: list[asyncio.Future[Any]] = []
 
     async def start(self) -> None:
         async with self._lock:
@@ -79,22 +80,41 @@ class Publisher:
 
     async def send(self, messages: Iterable[Outgoing]) -> None:
         """Send in order (the idempotent producer keeps per-partition order), wait for all acks."""
-        if self._producer is None:  # a worker's agents may send before its services start
+        await self.wait(await self.enqueue(messages, keep=False))
+
+    async def enqueue(self, messages: Iterable[Outgoing], keep: bool = True) -> list[asyncio.Future[Any]]:
+        """Hand messages to the producer without waiting for their acks. With `keep`, the
+        next `flush()` waits for them: a consumer pipelines a batch's effects this way and
+        flushes before it commits the batch's offsets."""
+        if self._producer is None:  # a handler may send before its service has started the publisher
             await self.start()
         producer = self._producer
         assert producer is not None
-
-        async def send_all() -> None:
-            futures = [
-                await producer.send(m.topic, m.value, key=m.key, headers=m.headers)
-                for m in messages
-            ]
-            await asyncio.gather(*futures)
+        async def put_all() -> list[asyncio.Future[Any]]:
+            return [await producer.send(m.topic, m.value, key=m.key, headers=m.headers) for m in messages]
 
         try:
-            await asyncio.wait_for(send_all(), self.timeout_s)
+            futures = await asyncio.wait_for(put_all(), self.timeout_s)  # waits when Kafka is away
         except (KafkaError, TimeoutError) as exc:
             await self._reset(producer)
+            raise BrokerUnavailable(f"Kafka refused the message: {exc!r}") from exc
+        if keep:
+            self._unflushed.extend(futures)
+        return futures
+
+    async def flush(self) -> None:
+        """Wait for the acks of everything enqueued so far."""
+        futures, self._unflushed = self._unflushed, []
+        await self.wait(futures)
+
+    async def wait(self, futures: list[asyncio.Future[Any]]) -> None:
+        """Wait for the acks of messages `enqueue` returned."""
+        producer = self._producer
+        try:
+            await asyncio.wait_for(asyncio.gather(*futures), self.timeout_s)
+        except (KafkaError, TimeoutError) as exc:
+            if producer is not None:
+                await self._reset(producer)
             raise BrokerUnavailable(f"Kafka did not acknowledge: {exc!r}") from exc
 
     async def _reset(self, producer: AIOKafkaProducer) -> None:

@@ -30,9 +30,11 @@ def build(settings: Settings) -> Starlette:
     executor = ThreadPoolExecutor(max_workers=1 if settings.database_url.startswith("sqlite") else 8)
 
     async def run(fn: Callable[..., list[Outgoing]], *args: Any) -> None:
+        """Ledger work in the executor; its events leave without waiting for their acks (the
+        consumer flushes them before it commits), so a partition's results do not queue up
+        behind one round trip to Kafka each."""
         loop = asyncio.get_running_loop()
-        messages = await loop.run_in_executor(executor, functools.partial(fn, *args))
-        await publisher.send(messages)
+        await publisher.enqueue(await loop.run_in_executor(executor, functools.partial(fn, *args)))
 
     async def requested(ev: Event, _record: Any) -> None:
         assert isinstance(ev, PackRequested)
@@ -54,7 +56,16 @@ def build(settings: Settings) -> Starlette:
         accept, handler = routes[record.topic]
         await guard(record, accept, handler, publisher, settings)
 
-    consumer = OrderedConsumer(settings.kafka_bootstrap_servers, f"{settings.topic_prefix}packline-credits", list(routes), dispatch)
+    async def redrive_stalled() -> None:
+        loop = asyncio.get_running_loop()
+        await publisher.send(await loop.run_in_executor(
+            executor, functools.partial(handlers.redrive, ledger, t, settings.redrive_after_s),
+        ))
+
+    consumer = OrderedConsumer(
+        settings.kafka_bootstrap_servers, f"{settings.topic_prefix}packline-credits", list(routes), dispatch,
+        before_commit=publisher.flush,
+    )
     redrive: asyncio.Task[None] | None = None
 
     async def start() -> None:
@@ -62,7 +73,7 @@ def build(settings: Settings) -> Starlette:
         ledger.create_schema()
         await publisher.start()
         await consumer.start()
-        redrive = every(settings.redrive_every_s, lambda: run(handlers.redrive, ledger, t, settings.redrive_after_s), "redrive")
+        redrive = every(settings.redrive_every_s, redrive_stalled, "redrive")
 
     async def stop() -> None:
         if redrive is not None:

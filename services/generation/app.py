@@ -40,12 +40,15 @@ def build(settings: Settings) -> Starlette:
 
     async def accepted(ev: Event, _record: Any) -> None:
         assert isinstance(ev, PackAccepted)
-        await publisher.send(handlers.fan_out(ev, t))
+        await publisher.enqueue(handlers.fan_out(ev, t))  # acked before the batch is committed
 
     async def dispatch(record: Record) -> None:
         await guard(record, (PackAccepted,), accepted, publisher, settings)
 
-    packs = OrderedConsumer(settings.kafka_bootstrap_servers, f"{settings.topic_prefix}packline-generation", [t.packs_accepted], dispatch)
+    packs = OrderedConsumer(
+        settings.kafka_bootstrap_servers, f"{settings.topic_prefix}packline-generation", [t.packs_accepted], dispatch,
+        before_commit=publisher.flush,
+    )
 
     async def start() -> None:
         await publisher.start()

@@ -35,6 +35,7 @@ class LocalBackend:
         self.failure_rate = settings.local_image_failure_rate
         self.fail_first = settings.local_image_fail_first
         self.permanent_kinds = settings.permanent_fail_kinds
+        self.placeholder = render_png("placeholder", 8, 8, "") if settings.local_image_render == "placeholder" else None
         self.rng = rng or random.Random()
 
     async def generate(self, job: ImageJob) -> bytes:
@@ -43,6 +44,8 @@ class LocalBackend:
             raise PermanentImageError(f"the local backend refuses {job.kind!r} images (content policy)")
         if job.attempt <= self.fail_first or self.rng.random() < self.failure_rate:
             raise TransientImageError(f"local backend: injected transient failure on attempt {job.attempt}")
+        if self.placeholder is not None:
+            return self.placeholder
         return await asyncio.to_thread(render_png, job.prompt, job.width, job.height, job.kind)
 
 

@@ -64,7 +64,9 @@ class JobRunner:
             await self.publisher.send(handlers.succeeded(job.model_copy(update={"attempt": made_by}), url, self.topics))
             return
         await self.limiter.acquire()
-        await self.publisher.send([handlers.generating(job, self.topics)])
+        # GENERATING goes out while the provider works; its ack is awaited before the outcome
+        # is sent, and one producer keeps the two in order in the pack's partition.
+        generating = await self.publisher.enqueue([handlers.generating(job, self.topics)], keep=False)
         try:
             with BACKEND_SECONDS.time():
                 data = await self.backend.generate(job)
@@ -72,11 +74,13 @@ class JobRunner:
         except asyncio.CancelledError:
             raise
         except Exception as exc:
+            await self.publisher.wait(generating)
             IMAGES.labels(type(exc).__name__).inc()
             log.info("image %s/%s attempt %d failed: %r", pack_id, job.image_id, job.attempt, exc)
             await self.publisher.send(
                 handlers.failed(job, exc, self.policy, self.topics, source_topic, headers, self.rng)
             )
             return
+        await self.publisher.wait(generating)
         IMAGES.labels("completed").inc()
         await self.publisher.send(handlers.succeeded(job, url, self.topics))

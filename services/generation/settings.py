@@ -18,6 +18,9 @@ class Settings(CommonSettings):
     # Test and chaos knobs of the local backend (extensions, see README):
     local_image_fail_first: int = Field(default=0, ge=0)  # transient failures before success, per image
     local_image_permanent_fail_kinds: str = ""  # comma-separated kinds that always fail permanently
+    # "placeholder": an 8x8 PNG instead of rendering the full size, so a benchmark measures
+    # the pipeline rather than this machine's PNG encoder.
+    local_image_render: Literal["full", "placeholder"] = "full"
     generation_concurrency: int = Field(default=64, ge=1)  # images in flight per process
     generation_prefetch: int = Field(default=2000, ge=1)  # jobs read ahead into the fair queue
     generation_shutdown_grace_s: float = Field(default=10.0, ge=0)  # SIGTERM: let images finish this long

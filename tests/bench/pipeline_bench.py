@@ -18,6 +18,8 @@ import time
 from collections import defaultdict
 from pathlib import Path
 
+import httpx
+
 from shared.client import request_pack
 from shared.events import ImageStatus, PackStatus, Product, decode
 from shared.kafka import Publisher, read_from_start
@@ -59,40 +61,61 @@ async def bench(args: argparse.Namespace, bootstrap: str, work: Path) -> None:
     with RunningStack.started(
         bootstrap, work, LOCAL_IMAGE_LATENCY_MS=str(args.latency_ms), TOPIC_PARTITIONS="6",
         GENERATION_CONCURRENCY="256", RATE_LIMIT_PER_S="1000", RATE_LIMIT_BURST="1000",
+        LOCAL_IMAGE_RENDER="placeholder",
     ) as s:
-        seen = Seen()
-        follower = asyncio.create_task(seen.follow(s))
-        try:
-            user = await s.create_user(credits=6 * (args.packs + args.burst_packs + 1))
-            await s.post_pack(user)  # warm-up: connections, first fetches
-            overheads = []
-            for _ in range(args.packs):
-                t0 = time.perf_counter()
-                pack_id = (await s.post_pack(user)).json()["pack_id"]
-                await seen.until([pack_id])
-                model = max(m["COMPLETED"] - m["GENERATING"] for (p, _), m in seen.images.items() if p == pack_id)
-                overheads.append((seen.packs[pack_id]["COMPLETED"] - t0 - model) * 1000)
-            overheads.sort()
-            q = statistics.quantiles(overheads, n=100)
-            print(f"pipeline overhead per pack ({args.packs} packs, images {args.latency_ms} ms): "
-                  f"p50 {q[49]:.1f} ms, p90 {q[89]:.1f} ms, max {overheads[-1]:.1f} ms")
+        async with httpx.AsyncClient(timeout=30) as http:
+            await measure(args, s, http)
 
-            publisher = Publisher(s.bootstrap, "pipeline-bench")
-            await publisher.start()
-            before = len(seen.completed_images)
+
+async def measure(args: argparse.Namespace, s: RunningStack, http: httpx.AsyncClient) -> None:
+    seen = Seen()
+    follower = asyncio.create_task(seen.follow(s))
+    try:
+        user = await s.create_user(credits=6 * (args.packs + args.burst_packs + 1))
+        body = {"product": {"name": "Bench bottle", "description": "750 ml", "features": ["cold 24 h"]}}
+
+        async def post() -> str:
+            response = await http.post(f"{s.api}/v1/packs", json=body, headers=s.auth(user))
+            return str(response.json()["pack_id"])
+
+        await seen.until([await post()])  # warm-up: connections, first fetches
+        overheads = []
+        parts: dict[str, list[float]] = defaultdict(list)
+        for _ in range(args.packs):
             t0 = time.perf_counter()
-            burst = await asyncio.gather(*(
-                request_pack(publisher, user, Product(name=f"Burst {i}"), topics=s.topics) for i in range(args.burst_packs)
-            ))
-            await publisher.stop()
-            await seen.until(list(burst), timeout=600)
-            took = time.perf_counter() - t0
-            images = len(seen.completed_images) - before
-            print(f"throughput: {args.burst_packs} packs ({images} images) published at once, all COMPLETED in "
-                  f"{took:.1f} s: {images / took:.0f} images/s end to end (one process per service)")
-        finally:
-            follower.cancel()
-            await asyncio.gather(follower, return_exceptions=True)
+            pack_id = await post()
+            parts["POST -> 202"].append(time.perf_counter() - t0)
+            await seen.until([pack_id])
+            model = max(m["COMPLETED"] - m["GENERATING"] for (p, _), m in seen.images.items() if p == pack_id)
+            overheads.append((seen.packs[pack_id]["COMPLETED"] - t0 - model) * 1000)
+            marks = seen.packs[pack_id]
+            images = [m for (p, _), m in seen.images.items() if p == pack_id]
+            parts["POST -> PROCESSING"].append(marks["PROCESSING"] - t0)
+            parts["PROCESSING -> first GENERATING"].append(min(m["GENERATING"] for m in images) - marks["PROCESSING"])
+            parts["last image COMPLETED -> pack COMPLETED"].append(marks["COMPLETED"] - max(m["COMPLETED"] for m in images))
+        overheads.sort()
+        q = statistics.quantiles(overheads, n=100)
+        print(f"pipeline overhead per pack ({args.packs} packs, images {args.latency_ms} ms): "
+              f"p50 {q[49]:.1f} ms, p90 {q[89]:.1f} ms, max {overheads[-1]:.1f} ms")
+        for name, values in parts.items():
+            print(f"  {name}: p50 {statistics.median(values) * 1000:.1f} ms")
+
+        publisher = Publisher(s.bootstrap, "pipeline-bench")
+        await publisher.start()
+        before = len(seen.completed_images)
+        t0 = time.perf_counter()
+        burst = await asyncio.gather(*(
+            request_pack(publisher, user, Product(name=f"Burst {i}"), topics=s.topics) for i in range(args.burst_packs)
+        ))
+        await publisher.stop()
+        await seen.until(list(burst), timeout=600)
+        took = time.perf_counter() - t0
+        images = len(seen.completed_images) - before
+        print(f"throughput: {args.burst_packs} packs ({images} images) published at once, all COMPLETED in "
+              f"{took:.1f} s: {images / took:.0f} images/s end to end (one process per service)")
+    finally:
+        follower.cancel()
+        await asyncio.gather(follower, return_exceptions=True)
 
 
 def main() -> int:
