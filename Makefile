@@ -7,7 +7,7 @@ JARS_DIR   := .cache/kafka-libs
 JARS_STAMP := $(JARS_DIR)/.installed
 PACKLINE := $(BIN)/packline
 
-.PHONY: setup kafka-jars kafka kafka-stop up demo test test-fast lint schemas bench-sse bench-api chaos clean
+.PHONY: setup kafka-jars kafka kafka-stop up demo test test-fast lint schemas bench-sse bench-api bench-pipeline chaos clean
 
 setup: $(PY_STAMP) $(JARS_STAMP)
 
@@ -54,6 +54,9 @@ bench-sse: setup
 
 bench-api: setup
 	$(BIN)/python -m tests.bench.api_bench
+
+bench-pipeline: setup
+	$(BIN)/python -m tests.bench.pipeline_bench
 
 # 200 six-image packs, 3 instances of each worker, a SIGKILL every 5 s, one broker restart.
 chaos: setup
