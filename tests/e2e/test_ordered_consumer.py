@@ -1,0 +1,135 @@
+"""shared.consumer.OrderedConsumer on the real broker: each partition in order, offsets
+committed only after handling and the flush of effects, and whatever was not flushed is
+handled again rather than skipped."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections import defaultdict
+
+import pytest
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+
+from shared.consumer import OrderedConsumer, Record
+from shared.kafka import Outgoing, Publisher
+
+pytestmark = pytest.mark.e2e
+PARTITIONS = 3
+
+
+async def new_topic(bootstrap: str) -> str:
+    name = f"oc-{uuid.uuid4().hex[:10]}"
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        await admin.create_topics([NewTopic(name, num_partitions=PARTITIONS, replication_factor=1)])
+    finally:
+        await admin.close()
+    return name
+
+
+async def publish(bootstrap: str, topic: str, n: int) -> None:
+    publisher = Publisher(bootstrap, "oc-test")
+    await publisher.start()
+    try:
+        await publisher.send([Outgoing(topic, str(i).encode(), f"k{i % 7}".encode()) for i in range(n)])
+    finally:
+        await publisher.stop()
+
+
+async def until(condition: object, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():  # type: ignore[operator]
+        assert time.monotonic() < deadline, "timed out"
+        await asyncio.sleep(0.05)
+
+
+async def committed(bootstrap: str, group: str, topic: str) -> dict[int, int | None]:
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=group, enable_auto_commit=False)
+    await consumer.start()
+    try:
+        return {p: await consumer.committed(TopicPartition(topic, p)) for p in range(PARTITIONS)}
+    finally:
+        await consumer.stop()
+
+
+async def test_each_partition_in_order_and_committed_after_handling(kafka_bootstrap: str) -> None:
+    topic, group = await new_topic(kafka_bootstrap), f"g-{uuid.uuid4().hex[:8]}"
+    await publish(kafka_bootstrap, topic, 300)
+    seen: dict[int, list[int]] = defaultdict(list)
+
+    async def handle(record: Record) -> None:
+        seen[record.partition].append(record.offset)
+
+    consumer = OrderedConsumer(kafka_bootstrap, group, [topic], handle)
+    await consumer.start()
+    try:
+        await until(lambda: sum(map(len, seen.values())) == 300)
+    finally:
+        await consumer.stop()  # commits what was handled
+    assert all(offsets == list(range(len(offsets))) for offsets in seen.values())
+    assert await committed(kafka_bootstrap, group, topic) == {p: len(seen[p]) for p in range(PARTITIONS)}
+
+
+async def test_a_failed_flush_means_handling_again_never_skipping(kafka_bootstrap: str) -> None:
+    topic, group = await new_topic(kafka_bootstrap), f"g-{uuid.uuid4().hex[:8]}"
+    await publish(kafka_bootstrap, topic, 120)
+    handled: list[tuple[int, int]] = []
+    flushes = 0
+
+    async def handle(record: Record) -> None:
+        handled.append((record.partition, record.offset))
+
+    async def flaky_flush() -> None:
+        nonlocal flushes
+        flushes += 1
+        if flushes == 1:
+            raise ConnectionError("the effects of this round did not all make it")
+
+    consumer = OrderedConsumer(kafka_bootstrap, group, [topic], handle, before_commit=flaky_flush)
+    await consumer.start()
+    try:
+        await until(lambda: len(set(handled)) == 120 and flushes >= 2)
+        await asyncio.sleep(2 * consumer.commit_every_s)
+    finally:
+        await consumer.stop()
+    assert len(handled) > 120, "what the failed flush covered was handled again"
+    ends = {p: 1 + max(o for q, o in handled if q == p) for p in range(PARTITIONS)}
+    assert await committed(kafka_bootstrap, group, topic) == ends
+
+
+async def test_a_new_member_resumes_where_the_old_one_committed(kafka_bootstrap: str) -> None:
+    topic, group = await new_topic(kafka_bootstrap), f"g-{uuid.uuid4().hex[:8]}"
+    await publish(kafka_bootstrap, topic, 90)
+    first: list[tuple[int, int]] = []
+    second: list[tuple[int, int]] = []
+
+    async def slow(record: Record) -> None:
+        first.append((record.partition, record.offset))
+        await asyncio.sleep(0.01)
+
+    one = OrderedConsumer(kafka_bootstrap, group, [topic], slow, max_batch=5)
+    await one.start()
+    await until(lambda: len(first) >= 30)
+    await one.stop()
+
+    async def fast(record: Record) -> None:
+        second.append((record.partition, record.offset))
+
+    two = OrderedConsumer(kafka_bootstrap, group, [topic], fast)
+    await two.start()
+    try:
+        await until(lambda: len(set(first) | set(second)) == 90)
+    finally:
+        await two.stop()
+    assert set(first) | set(second) == {(p, o) for p in range(PARTITIONS) for o in range(ends_of(first, second)[p])}
+    # The stopped member committed what it had finished; only the batch it was in the middle
+    # of (at most max_batch records per partition) is handled again.
+    assert len(set(first) & set(second)) <= 5 * PARTITIONS
+
+
+def ends_of(*runs: list[tuple[int, int]]) -> dict[int, int]:
+    return {p: 1 + max(o for run in runs for q, o in run if q == p) for p in range(PARTITIONS)}
