@@ -55,7 +55,9 @@ bench-sse: setup
 bench-api: setup
 	$(BIN)/python -m tests.bench.api_bench
 
+# Images that take 300 ± 150 ms like a real model, then all six finishing at once (the worst case) and a burst.
 bench-pipeline: setup
+	$(BIN)/python -m tests.bench.pipeline_bench --jitter-ms 150 --burst-packs 0
 	$(BIN)/python -m tests.bench.pipeline_bench
 
 # 200 six-image packs, 3 instances of each worker, a SIGKILL every 5 s, one broker restart.

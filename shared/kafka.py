@@ -67,7 +67,7 @@ class Publisher:
             client_id=self.client_id,
             acks="all",
             enable_idempotence=True,
-            linger_ms=1,
+            linger_ms=0,  # latency first: whatever piles up while a request is in flight is batched anyway
             request_timeout_ms=int(self.timeout_s * 1000),
         )
         await self._producer.start()

@@ -32,6 +32,7 @@ class LocalBackend:
 
     def __init__(self, settings: Settings, rng: random.Random | None = None) -> None:
         self.latency_s = settings.local_image_latency_ms / 1000
+        self.jitter_s = min(settings.local_image_jitter_ms, settings.local_image_latency_ms) / 1000
         self.failure_rate = settings.local_image_failure_rate
         self.fail_first = settings.local_image_fail_first
         self.permanent_kinds = settings.permanent_fail_kinds
@@ -39,7 +40,7 @@ class LocalBackend:
         self.rng = rng or random.Random()
 
     async def generate(self, job: ImageJob) -> bytes:
-        await asyncio.sleep(self.latency_s)
+        await asyncio.sleep(self.latency_s + self.rng.uniform(-self.jitter_s, self.jitter_s))
         if job.kind in self.permanent_kinds:
             raise PermanentImageError(f"the local backend refuses {job.kind!r} images (content policy)")
         if job.attempt <= self.fail_first or self.rng.random() < self.failure_rate:

@@ -14,6 +14,7 @@ class Settings(CommonSettings):
     openai_timeout_s: float = Field(default=120.0, gt=0)
     image_model: str = "gpt-image-1"
     local_image_latency_ms: int = Field(default=1500, ge=0)
+    local_image_jitter_ms: int = Field(default=0, ge=0)  # each image takes latency ± jitter, like a real model
     local_image_failure_rate: float = Field(default=0.0, ge=0.0, le=1.0)
     # Test and chaos knobs of the local backend (extensions, see README):
     local_image_fail_first: int = Field(default=0, ge=0)  # transient failures before success, per image

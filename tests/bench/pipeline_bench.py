@@ -6,7 +6,7 @@ latency:    packs one after another; for each, POST /v1/packs -> COMPLETED on pa
             minus the slowest of its six images' own backend time (GENERATING -> COMPLETED).
 throughput: packs published at once straight to Kafka; images COMPLETED per second.
 
-python -m tests.bench.pipeline_bench [--packs 40] [--latency-ms 300] [--burst-packs 300]"""
+python -m tests.bench.pipeline_bench [--packs 40] [--latency-ms 300] [--jitter-ms 0] [--burst-packs 300]"""
 
 from __future__ import annotations
 
@@ -59,7 +59,8 @@ class Seen:
 
 async def bench(args: argparse.Namespace, bootstrap: str, work: Path) -> None:
     with RunningStack.started(
-        bootstrap, work, LOCAL_IMAGE_LATENCY_MS=str(args.latency_ms), TOPIC_PARTITIONS="6",
+        bootstrap, work, LOCAL_IMAGE_LATENCY_MS=str(args.latency_ms), LOCAL_IMAGE_JITTER_MS=str(args.jitter_ms),
+        TOPIC_PARTITIONS="6",
         GENERATION_CONCURRENCY="256", RATE_LIMIT_PER_S="1000", RATE_LIMIT_BURST="1000",
         LOCAL_IMAGE_RENDER="placeholder",
     ) as s:
@@ -95,11 +96,13 @@ async def measure(args: argparse.Namespace, s: RunningStack, http: httpx.AsyncCl
             parts["last image COMPLETED -> pack COMPLETED"].append(marks["COMPLETED"] - max(m["COMPLETED"] for m in images))
         overheads.sort()
         q = statistics.quantiles(overheads, n=100)
-        print(f"pipeline overhead per pack ({args.packs} packs, images {args.latency_ms} ms): "
+        print(f"pipeline overhead per pack ({args.packs} packs, images {args.latency_ms} ± {args.jitter_ms} ms): "
               f"p50 {q[49]:.1f} ms, p90 {q[89]:.1f} ms, max {overheads[-1]:.1f} ms")
         for name, values in parts.items():
             print(f"  {name}: p50 {statistics.median(values) * 1000:.1f} ms")
 
+        if not args.burst_packs:
+            return
         publisher = Publisher(s.bootstrap, "pipeline-bench")
         await publisher.start()
         before = len(seen.completed_images)
@@ -122,6 +125,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--packs", type=int, default=40)
     parser.add_argument("--latency-ms", type=int, default=300)
+    parser.add_argument("--jitter-ms", type=int, default=0, help="each image takes latency ± jitter")
     parser.add_argument("--burst-packs", type=int, default=300)
     args = parser.parse_args()
     return run_with_broker(lambda bootstrap, work: bench(args, bootstrap, work))

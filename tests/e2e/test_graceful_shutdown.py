@@ -1,5 +1,7 @@
 """Issue 4: SIGTERM on a generation process with images in flight loses none and makes
-none twice: unfinished jobs are not committed, so the restarted process takes them up."""
+none twice. Within GENERATION_SHUTDOWN_GRACE_S the images in flight finish before the
+process exits; past it, unfinished jobs are not committed and the restarted process takes
+them up."""
 
 from __future__ import annotations
 
@@ -16,8 +18,11 @@ from tests.harness import RunningStack
 pytestmark = pytest.mark.e2e
 
 
-async def test_sigterm_mid_generation_hands_the_images_back(kafka_bootstrap: str, tmp_path: Path) -> None:
-    with RunningStack.started(kafka_bootstrap, tmp_path, LOCAL_IMAGE_LATENCY_MS="4000") as s:
+@pytest.mark.parametrize(("grace_s", "finished_before_exit"), [("10", 6), ("0", 0)], ids=["finish", "hand-back"])
+async def test_sigterm_mid_generation(kafka_bootstrap: str, tmp_path: Path, grace_s: str, finished_before_exit: int) -> None:
+    with RunningStack.started(
+        kafka_bootstrap, tmp_path, LOCAL_IMAGE_LATENCY_MS="4000", GENERATION_SHUTDOWN_GRACE_S=grace_s,
+    ) as s:
         user = await s.create_user(credits=10)
         pack_id = (await s.post_pack(user)).json()["pack_id"]
         async for ev in sse.follow(f"{s.notifier}/v1/packs/{pack_id}/events", s.auth(user), last_event_id="0", retries=0):
@@ -25,13 +30,20 @@ async def test_sigterm_mid_generation_hands_the_images_back(kafka_bootstrap: str
                 break  # images are in flight now
         s.stack.signal("generation", signal.SIGTERM)
         await asyncio.to_thread(s.stack.procs["generation"].wait, 60)
+        assert len(await completed_images(s, pack_id)) == finished_before_exit
         s.stack.start("generation")
         final = (await s.events(pack_id, user, timeout=120))[-1].json()
         assert final["status"] == "COMPLETED" and final["charged"] == 6
         assert await s.balance(user) == 4
-        completed: dict[str, set[str]] = {}
-        for r in await s.records(s.topics.packs_status):
-            ev = decode(r.value)
-            if isinstance(ev, ImageStatus) and str(ev.pack_id) == pack_id and ev.image.status == "COMPLETED":
-                completed.setdefault(ev.image.image_id, set()).add(ev.event_id)
+        completed = await completed_images(s, pack_id)
         assert len(completed) == 6 and all(len(ids) == 1 for ids in completed.values())
+
+
+async def completed_images(s: RunningStack, pack_id: str) -> dict[str, set[str]]:
+    """image id -> the event ids of its COMPLETED statuses (one, if it was made once)."""
+    completed: dict[str, set[str]] = {}
+    for r in await s.records(s.topics.packs_status):
+        ev = decode(r.value)
+        if isinstance(ev, ImageStatus) and str(ev.pack_id) == pack_id and ev.image.status == "COMPLETED":
+            completed.setdefault(ev.image.image_id, set()).add(ev.event_id)
+    return completed
