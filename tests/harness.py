@@ -16,7 +16,7 @@ from services.cli import kafka_io, sse
 from services.cli.stack import SERVICES, Stack
 from shared.auth import make_api_key
 from shared.devbroker import free_port
-from shared.events import AccountCreate, BalanceQuery, CreditsBalance, decode
+from shared.events import AccountCreate, BalanceQuery, CreditsBalance, ImageStatus, decode
 from shared.kafka import Outgoing
 from shared.topics import Topics
 
@@ -110,6 +110,14 @@ class RunningStack:
 
     async def records(self, topic: str) -> list[Any]:
         return await kafka_io.read_all(self.bootstrap, topic)
+
+    async def completed_images(self, pack_id: str) -> dict[str, set[str]]:
+        """image id -> the event ids of its COMPLETED statuses on packs.status."""
+        completed: dict[str, set[str]] = {}
+        for ev in await self.decoded(self.topics.packs_status):
+            if isinstance(ev, ImageStatus) and str(ev.pack_id) == pack_id and ev.image.status == "COMPLETED":
+                completed.setdefault(ev.image.image_id, set()).add(ev.event_id)
+        return completed
 
     async def decoded(self, topic: str) -> list[Any]:
         return [decode(r.value) for r in await self.records(topic)]

@@ -18,11 +18,13 @@ def main() -> int:
     p.add_argument("--latency-ms", type=int, default=300)
     p.add_argument("--submit-per-s", type=float, default=10.0)
     p.add_argument("--database-url", default=None)
+    p.add_argument("--seed", type=int, default=1, help="which processes are killed, and when")
     p.add_argument("--keep", action="store_true", help="keep the work dir (logs, var) for inspection")
     a = p.parse_args()
     cfg = ChaosConfig(
         packs=a.packs, instances=a.instances, kill_every_s=a.kill_every, broker_restart=not a.no_broker_restart,
         failure_rate=a.failure_rate, latency_ms=a.latency_ms, submit_per_s=a.submit_per_s, database_url=a.database_url,
+        seed=a.seed,
     )
     report = run(cfg, keep=a.keep)
     print("\n".join(report.lines()))

@@ -12,7 +12,7 @@ import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from services.generation.scheduler import group_id
-from shared.events import ImageStatus, decode
+from shared.events import decode
 from tests.fake_images_api import FakeImagesApi
 from tests.harness import RunningStack
 
@@ -28,7 +28,7 @@ async def test_kill_9_while_the_head_job_is_slow_loses_nothing(kafka_bootstrap: 
         pack_id = (await s.post_pack(user)).json()["pack_id"]
 
         deadline = time.monotonic() + 60
-        while len(completed := await completed_images(s, pack_id)) < 5:
+        while len(completed := await s.completed_images(pack_id)) < 5:
             assert time.monotonic() < deadline, f"only {len(completed)} images completed"
             await asyncio.sleep(0.2)
         jobs = [r for r in await s.records(s.topics.images_jobs) if str(decode(r.value).pack_id) == pack_id]
@@ -45,13 +45,6 @@ async def test_kill_9_while_the_head_job_is_slow_loses_nothing(kafka_bootstrap: 
         final = (await s.events(pack_id, user, timeout=120))[-1].json()
         assert final["status"] == "COMPLETED" and final["charged"] == 6 and final["refunded"] == 0
         assert await s.balance(user) == 4
-
-
-async def completed_images(s: RunningStack, pack_id: str) -> set[str]:
-    return {
-        ev.image.image_id for ev in await s.decoded(s.topics.packs_status)
-        if isinstance(ev, ImageStatus) and str(ev.pack_id) == pack_id and ev.image.status == "COMPLETED"
-    }
 
 
 async def committed_offset(s: RunningStack, tp: TopicPartition) -> int | None:

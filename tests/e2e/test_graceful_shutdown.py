@@ -12,7 +12,6 @@ from pathlib import Path
 import pytest
 
 from services.cli import sse
-from shared.events import ImageStatus, decode
 from tests.harness import RunningStack
 
 pytestmark = pytest.mark.e2e
@@ -30,20 +29,11 @@ async def test_sigterm_mid_generation(kafka_bootstrap: str, tmp_path: Path, grac
                 break  # images are in flight now
         s.stack.signal("generation", signal.SIGTERM)
         await asyncio.to_thread(s.stack.procs["generation"].wait, 60)
-        assert len(await completed_images(s, pack_id)) == finished_before_exit
+        assert len(await s.completed_images(pack_id)) == finished_before_exit
         s.stack.start("generation")
         final = (await s.events(pack_id, user, timeout=120))[-1].json()
         assert final["status"] == "COMPLETED" and final["charged"] == 6
         assert await s.balance(user) == 4
-        completed = await completed_images(s, pack_id)
+        completed = await s.completed_images(pack_id)
         assert len(completed) == 6 and all(len(ids) == 1 for ids in completed.values())
 
-
-async def completed_images(s: RunningStack, pack_id: str) -> dict[str, set[str]]:
-    """image id -> the event ids of its COMPLETED statuses (one, if it was made once)."""
-    completed: dict[str, set[str]] = {}
-    for r in await s.records(s.topics.packs_status):
-        ev = decode(r.value)
-        if isinstance(ev, ImageStatus) and str(ev.pack_id) == pack_id and ev.image.status == "COMPLETED":
-            completed.setdefault(ev.image.image_id, set()).add(ev.event_id)
-    return completed
