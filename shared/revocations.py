@@ -7,6 +7,7 @@ revocation takes effect everywhere within a poll interval, with no shared databa
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 
 from shared.errors import InvalidMessage
 from shared.events import KeyRevoked, decode
@@ -21,12 +22,15 @@ class Revocations(ConsumerLoop):
     def __init__(self, bootstrap: str, topic: str) -> None:
         self.bootstrap, self.topic = bootstrap, topic
         self.min_generation: dict[str, int] = {}
+        self.listeners: list[Callable[[str], None]] = []  # told the user id of each revocation
 
     def allows(self, user_id: str, generation: int) -> bool:
         return generation >= self.min_generation.get(user_id, 0)
 
     def apply(self, ev: KeyRevoked) -> None:
         self.min_generation[ev.user_id] = max(self.min_generation.get(ev.user_id, 0), ev.below_generation)
+        for listener in self.listeners:
+            listener(ev.user_id)
 
     async def start(self) -> None:
         self.consumer, _ = await read_from_start(self.bootstrap, self.topic, "packline-revocations")

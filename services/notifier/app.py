@@ -50,6 +50,20 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         allow_methods=["GET"], expose_headers=["*"],
     )
 
+    revocations.listeners.append(store.wake_user)
+
+    def key_allowed(request: Request) -> streams.Allowed:
+        """For a stream opened with an API key: is that key still valid? (A stream token is
+        scoped to one pack and expires by itself.)"""
+        auth = request.headers.get("authorization", "")
+        if not auth.lower().startswith("bearer "):
+            return lambda: True
+        user_id, generation = verify_api_key(settings.packline_secret, auth[7:].strip())
+        return lambda: revocations.allows(user_id, generation)
+
+    def live(events: AsyncIterator[Any]) -> EventSourceResponse:
+        return EventSourceResponse(_counted(events), ping=settings.notifier_ping_s, send_timeout=30)
+
     def caller(request: Request, token: str | None, pack_id: str | None) -> str:
         """The user id behind a Bearer API key, or behind a stream token for this pack."""
         auth = request.headers.get("authorization", "")
@@ -89,13 +103,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def pack_events(pack_id: str, request: Request, token: Token = None) -> EventSourceResponse:
         pack = await owned_pack(request, pack_id, token)
         last_id = request.headers.get("last-event-id") or request.query_params.get("last_event_id")
-        return EventSourceResponse(_counted(streams.pack_events(pack, last_id)), ping=settings.notifier_ping_s, send_timeout=30)
+        return live(streams.pack_events(pack, last_id, key_allowed(request)))
 
     @app.get("/v1/events", response_class=EventSourceResponse)
     async def user_events(request: Request) -> EventSourceResponse:
         user_id = caller(request, None, None)
         await caught_up()
-        return EventSourceResponse(_counted(streams.user_events(store, user_id)), ping=settings.notifier_ping_s, send_timeout=30)
+        return live(streams.user_events(store, user_id, key_allowed(request)))
 
     @app.get("/healthz")
     async def healthz() -> JSONResponse:

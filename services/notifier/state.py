@@ -114,6 +114,14 @@ class Store:
         if pack.user_id in self.user_changed:
             self.user_changed[pack.user_id] = _renew(self.user_changed[pack.user_id])
 
+    def wake_user(self, user_id: str) -> None:
+        """Wake every stream of this user (its key was revoked: each stream checks its own)."""
+        for pack_id in self.by_user.get(user_id, ()):
+            pack = self.packs[pack_id]
+            pack.changed = _renew(pack.changed)
+        if user_id in self.user_changed:
+            self.user_changed[user_id] = _renew(self.user_changed[user_id])
+
     def user_event(self, user_id: str) -> asyncio.Event:
         return self.user_changed.setdefault(user_id, asyncio.Event())
 

@@ -3,14 +3,25 @@
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 from sse_starlette import ServerSentEvent
 
 from services.notifier.state import PackState, Store
 
+Allowed = Callable[[], bool]
 
-async def pack_events(pack: PackState, last_event_id: str | None) -> AsyncIterator[ServerSentEvent]:
+
+def _always() -> bool:
+    return True
+
+
+def revoked() -> ServerSentEvent:
+    return ServerSentEvent(json.dumps({"reason": "API key revoked"}), event="revoked")
+
+
+async def pack_events(pack: PackState, last_event_id: str | None, allowed: Allowed = _always) -> AsyncIterator[ServerSentEvent]:
+    """`allowed` is asked after every wake-up: a revocation wakes the user's streams."""
     last = _parse(last_event_id)
     if last is None or pack.after(last) is None:
         # No id, or one that cannot be resumed (unknown, or older than the kept history).
@@ -21,6 +32,9 @@ async def pack_events(pack: PackState, last_event_id: str | None) -> AsyncIterat
         last = pack.seq
     while True:
         changed = pack.changed  # taken before reading, so no change can slip between read and wait
+        if not allowed():
+            yield revoked()
+            return
         for r in pack.after(last) or ():
             yield ServerSentEvent(r.data, event=r.event, id=str(r.seq))
             last = r.seq
@@ -29,7 +43,7 @@ async def pack_events(pack: PackState, last_event_id: str | None) -> AsyncIterat
         await changed.wait()
 
 
-async def user_events(store: Store, user_id: str) -> AsyncIterator[ServerSentEvent]:
+async def user_events(store: Store, user_id: str, allowed: Allowed = _always) -> AsyncIterator[ServerSentEvent]:
     """All of a user's packs: a snapshot of each, then their changes. Ids are
     `<pack_id>:<seq>`; this stream starts fresh on reconnect (see README)."""
     sent: dict[str, int] = {}
@@ -39,6 +53,9 @@ async def user_events(store: Store, user_id: str) -> AsyncIterator[ServerSentEve
         yield ServerSentEvent(json.dumps(pack.snapshot(), default=str), event="pack", id=f"{pack_id}:{pack.seq}")
     while True:
         changed = store.user_event(user_id)
+        if not allowed():
+            yield revoked()
+            return
         for pack_id in sorted(store.by_user.get(user_id, ())):
             pack = store.packs[pack_id]
             last = sent.get(pack_id, 0)

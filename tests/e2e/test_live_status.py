@@ -78,6 +78,16 @@ async def test_revoked_keys_are_refused_by_api_and_notifier(stack: RunningStack)
     user = await stack.create_user(credits=10)
     old_key = {"Authorization": f"Bearer {stack.key(user)}"}
     pack_id = (await stack.post_pack(user)).json()["pack_id"]
+    open_before: list[str] = []
+    opened = asyncio.Event()
+
+    async def follow_all_packs() -> None:  # never ends by itself: only the revocation ends it
+        async for ev in sse.follow(f"{stack.notifier}/v1/events", old_key, retries=0):
+            open_before.append(ev.event)
+            opened.set()
+
+    stream = asyncio.create_task(follow_all_packs())
+    await asyncio.wait_for(opened.wait(), 30)
     env = {**os.environ, **stack.env}
     out = await asyncio.to_thread(subprocess.run, [sys.executable, "-m", "services.cli", "accounts", "revoke-key", user],
                                   env=env, capture_output=True, text=True, timeout=60)
@@ -94,6 +104,8 @@ async def test_revoked_keys_are_refused_by_api_and_notifier(stack: RunningStack)
         assert notifier.status_code == 401 and "revoked" in notifier.text
         assert (await client.get(f"{stack.notifier}/v1/packs/{pack_id}", headers=new_key)).status_code == 200
         assert (await client.post(f"{stack.api}/v1/packs", json={"product": {"name": "x"}}, headers=new_key)).status_code == 202
+    await asyncio.wait_for(stream, 30)  # the stream opened before the revocation has ended
+    assert open_before[-1] == "revoked"
 
 
 async def test_the_all_packs_stream_carries_every_pack_of_the_user(stack: RunningStack) -> None:
