@@ -90,6 +90,7 @@ class Publisher:
             await self.start()
         producer = self._producer
         assert producer is not None
+
         async def put_all() -> list[asyncio.Future[Any]]:
             return [await producer.send(m.topic, m.value, key=m.key, headers=m.headers) for m in messages]
 

@@ -3,9 +3,9 @@ guard every message goes through.
 
 A worker is a small Starlette app served by uvicorn, like the api and the notifier: its
 lifespan starts the consumers and stops them on SIGTERM, and it answers /healthz and
-/metrics. Messages are read by `shared.consumer.OrderedConsumer` (offsets committed after
-effects); effects go through `shared.kafka.Publisher` and are acknowledged before the
-guard returns. Handlers are idempotent, so redelivery is harmless.
+/metrics. Messages are read by `shared.consumer.OrderedConsumer`; effects go through
+`shared.kafka.Publisher` and are acknowledged before any offset past their message is
+committed. Handlers are idempotent, so redelivery is harmless.
 """
 
 from __future__ import annotations
@@ -75,17 +75,17 @@ async def guard(
     settings: CommonSettings,
 ) -> None:
     """The whole path of one consumed message: decode, then handle."""
-    typed = await decode_or_dead_letter(record.value, record, accept, publisher, settings)
+    typed = await decode_or_dead_letter(record, accept, publisher, settings)
     if typed is not None:
         await handle(typed, record, handler, publisher, settings)
 
 
 async def decode_or_dead_letter(
-    value: bytes | None, msg: Any, accept: tuple[type[Event], ...], publisher: Publisher, settings: CommonSettings,
+    msg: Any, accept: tuple[type[Event], ...], publisher: Publisher, settings: CommonSettings,
 ) -> Event | None:
     """The typed event, or None once a malformed message is safely on invalid.dlq."""
     try:
-        return decode(value, accept)
+        return decode(msg.value, accept)
     except InvalidMessage as exc:
         await _dead_letter(publisher, settings, msg, str(exc), "InvalidMessage")
         return None

@@ -37,7 +37,6 @@ def build(settings: Settings) -> Starlette:
     )
     forwarder = RetryForwarder(settings.kafka_bootstrap_servers, f"{settings.topic_prefix}packline-generation-retry", t, publisher)
 
-
     async def accepted(ev: Event, _record: Any) -> None:
         assert isinstance(ev, PackAccepted)
         await publisher.enqueue(handlers.fan_out(ev, t))  # acked before the batch is committed

@@ -113,7 +113,7 @@ class JobScheduler(ConsumerLoop):
         for tp, records in batches.items():
             for record in records:
                 self.offsets.fetched(tp, record.offset)
-                typed = await decode_or_dead_letter(record.value, record, (ImageJob,), self.publisher, self.settings)
+                typed = await decode_or_dead_letter(record, (ImageJob,), self.publisher, self.settings)
                 if isinstance(typed, ImageJob):
                     self.queue.put(typed.user_id, Queued(tp, record, typed))
                 else:

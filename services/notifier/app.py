@@ -52,13 +52,20 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     revocations.listeners.append(store.wake_user)
 
+    def api_key(request: Request) -> tuple[str, int] | None:
+        """(user id, key generation) of a Bearer API key; raises AuthError for a bad one."""
+        auth = request.headers.get("authorization", "")
+        if not auth.lower().startswith("bearer "):
+            return None
+        return verify_api_key(settings.packline_secret, auth[7:].strip())
+
     def key_allowed(request: Request) -> streams.Allowed:
         """For a stream opened with an API key: is that key still valid? (A stream token is
         scoped to one pack and expires by itself.)"""
-        auth = request.headers.get("authorization", "")
-        if not auth.lower().startswith("bearer "):
+        key = api_key(request)
+        if key is None:
             return lambda: True
-        user_id, generation = verify_api_key(settings.packline_secret, auth[7:].strip())
+        user_id, generation = key
         return lambda: revocations.allows(user_id, generation)
 
     def live(events: AsyncIterator[Any]) -> EventSourceResponse:
@@ -66,10 +73,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     def caller(request: Request, token: str | None, pack_id: str | None) -> str:
         """The user id behind a Bearer API key, or behind a stream token for this pack."""
-        auth = request.headers.get("authorization", "")
         try:
-            if auth.lower().startswith("bearer "):
-                user_id, generation = verify_api_key(settings.packline_secret, auth[7:].strip())
+            if (key := api_key(request)) is not None:
+                user_id, generation = key
                 if not revocations.allows(user_id, generation):
                     raise AuthError("API key revoked")
                 return user_id

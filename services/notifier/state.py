@@ -110,6 +110,9 @@ class Store:
         pack.history.append(Rendered(pack.seq, name, json.dumps(data, default=str)))
         while len(pack.history) > self.history_limit:
             pack.history.popleft()
+        self._wake(pack)
+
+    def _wake(self, pack: PackState) -> None:
         pack.changed = _renew(pack.changed)
         if pack.user_id in self.user_changed:
             self.user_changed[pack.user_id] = _renew(self.user_changed[pack.user_id])
@@ -117,9 +120,8 @@ class Store:
     def wake_user(self, user_id: str) -> None:
         """Wake every stream of this user (its key was revoked: each stream checks its own)."""
         for pack_id in self.by_user.get(user_id, ()):
-            pack = self.packs[pack_id]
-            pack.changed = _renew(pack.changed)
-        if user_id in self.user_changed:
+            self._wake(self.packs[pack_id])
+        if user_id in self.user_changed:  # also when the user has no pack yet
             self.user_changed[user_id] = _renew(self.user_changed[user_id])
 
     def user_event(self, user_id: str) -> asyncio.Event:
