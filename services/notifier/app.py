@@ -115,7 +115,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def user_events(request: Request) -> EventSourceResponse:
         user_id = caller(request, None, None)
         await caught_up()
-        return live(streams.user_events(store, user_id, key_allowed(request)))
+        last_id = request.headers.get("last-event-id") or request.query_params.get("last_event_id")
+        return live(streams.user_events(store, user_id, last_id, key_allowed(request)))
 
     @app.get("/healthz")
     async def healthz() -> JSONResponse:

@@ -41,6 +41,7 @@ class StatusFeed(ConsumerLoop):
         batches = await self.consumer.getmany(timeout_ms=200, max_records=2000)
         for messages in batches.values():
             for m in messages:
+                self.store.at(m.partition, m.offset)
                 try:
                     self.store.apply(decode(m.value, (PackStatus, ImageStatus)))
                 except InvalidMessage as exc:

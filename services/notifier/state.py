@@ -5,6 +5,10 @@ Every event about a pack sits in one partition of `packs.status` (key pack_id), 
 applying them in log order, skipping repeated event ids, gives the same sequence numbers
 on every notifier instance and after every restart: that is what makes Last-Event-ID
 resume work across restarts.
+
+Each rendered event also keeps its place in the log: (partition, position), position =
+offset * 2 + its index among the events one record renders (at most two). That place is
+the same everywhere too, so a vector of them resumes the all-packs stream (`Cursor`).
 """
 
 from __future__ import annotations
@@ -18,12 +22,16 @@ from typing import Any
 
 from shared.events import TERMINAL_PACK, Event, ImageStatus, PackStatus
 
+Cursor = dict[int, int]  # packs.status partition -> last position delivered
+
 
 @dataclass
 class Rendered:
     seq: int
     event: str  # "pack" or "image"
     data: str  # JSON, as it was at that point in the stream
+    partition: int = -1
+    position: int = -1
 
 
 @dataclass
@@ -40,6 +48,8 @@ class PackState:
     images: dict[str, dict[str, Any]] = field(default_factory=dict)
     seq: int = 0
     history: deque[Rendered] = field(default_factory=deque)
+    partition: int = -1
+    trimmed: int = -1  # position of the newest event no longer in `history`
     seen: set[str] = field(default_factory=set)
     changed: asyncio.Event = field(default_factory=asyncio.Event)
 
@@ -71,6 +81,18 @@ class Store:
         self.by_user: dict[str, set[str]] = {}
         self.user_changed: dict[str, asyncio.Event] = {}
         self.pack_appeared = asyncio.Event()
+        self.applied: dict[int, int] = {}  # partition -> next offset to apply
+        self._at = (-1, -1)  # the record being applied: (partition, offset)
+        self._rendered = 0
+
+    def cursor(self) -> Cursor:
+        """Where the store stands: everything applied so far, as a cursor."""
+        return {p: offset * 2 - 1 for p, offset in self.applied.items()}
+
+    def at(self, partition: int, offset: int) -> None:
+        """The next `apply` is of this record of packs.status."""
+        self.applied[partition] = offset + 1
+        self._at, self._rendered = (partition, offset), 0
 
     def apply(self, ev: Event) -> PackState | None:
         if not isinstance(ev, (PackStatus, ImageStatus)):
@@ -78,7 +100,7 @@ class Store:
         pack_id = str(ev.pack_id)
         pack = self.packs.get(pack_id)
         if pack is None:
-            pack = PackState(pack_id=pack_id, user_id=ev.user_id, created_at=ev.occurred_at)
+            pack = PackState(pack_id=pack_id, user_id=ev.user_id, created_at=ev.occurred_at, partition=self._at[0])
             self.packs[pack_id] = pack
             self.by_user.setdefault(ev.user_id, set()).add(pack_id)
             self.pack_appeared = _renew(self.pack_appeared)
@@ -107,9 +129,11 @@ class Store:
         pack.seq += 1
         data = render()
         data["seq"] = pack.seq
-        pack.history.append(Rendered(pack.seq, name, json.dumps(data, default=str)))
+        partition, offset = self._at
+        pack.history.append(Rendered(pack.seq, name, json.dumps(data, default=str), partition, offset * 2 + self._rendered))
+        self._rendered += 1
         while len(pack.history) > self.history_limit:
-            pack.history.popleft()
+            pack.trimmed = pack.history.popleft().position
         self._wake(pack)
 
     def _wake(self, pack: PackState) -> None:

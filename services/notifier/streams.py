@@ -7,7 +7,7 @@ from collections.abc import AsyncIterator, Callable
 
 from sse_starlette import ServerSentEvent
 
-from services.notifier.state import PackState, Store
+from services.notifier.state import Cursor, PackState, Rendered, Store
 
 Allowed = Callable[[], bool]
 
@@ -43,26 +43,59 @@ async def pack_events(pack: PackState, last_event_id: str | None, allowed: Allow
         await changed.wait()
 
 
-async def user_events(store: Store, user_id: str, allowed: Allowed = _always) -> AsyncIterator[ServerSentEvent]:
-    """All of a user's packs: a snapshot of each, then their changes. Ids are
-    `<pack_id>:<seq>`; this stream starts fresh on reconnect (see README)."""
-    sent: dict[str, int] = {}
-    for pack_id in sorted(store.by_user.get(user_id, ())):
+async def user_events(
+    store: Store, user_id: str, last_event_id: str | None, allowed: Allowed = _always,
+) -> AsyncIterator[ServerSentEvent]:
+    """All of a user's packs. Each id is a cursor (positions in packs.status, the same on
+    every notifier instance): resuming with it gives every later event, in log order, with
+    no gap and no duplicate. Without one, or with one that cannot be resumed (unreadable,
+    or older than a pack's kept history), the affected packs get a snapshot, and a
+    `resync` event says so."""
+    cursor = parse_cursor(last_event_id)
+    covered: dict[str, int] = {}  # pack -> position its snapshot already covers
+    packs = sorted(store.by_user.get(user_id, ()))
+    if cursor is None:
+        cursor, stale = store.cursor(), packs
+    else:
+        stale = [p for p in packs if store.packs[p].trimmed > cursor.get(store.packs[p].partition, -1)]
+    for pack_id in stale:
         pack = store.packs[pack_id]
-        sent[pack_id] = pack.seq
-        yield ServerSentEvent(json.dumps(pack.snapshot(), default=str), event="pack", id=f"{pack_id}:{pack.seq}")
+        covered[pack_id] = pack.history[-1].position if pack.history else -1
+        yield ServerSentEvent(json.dumps(pack.snapshot(), default=str), event="pack", id=format_cursor(cursor))
+    if last_event_id is not None and stale:
+        resync = {"packs": stale, "reason": f"cannot resume after id {last_event_id!r}"}
+        yield ServerSentEvent(json.dumps(resync), event="resync", id=format_cursor(cursor))
     while True:
         changed = store.user_event(user_id)
         if not allowed():
             yield revoked()
             return
-        for pack_id in sorted(store.by_user.get(user_id, ())):
+        fresh: list[Rendered] = []
+        for pack_id in store.by_user.get(user_id, ()):
             pack = store.packs[pack_id]
-            last = sent.get(pack_id, 0)
-            for r in pack.after(last) or ():
-                yield ServerSentEvent(r.data, event=r.event, id=f"{pack_id}:{r.seq}")
-            sent[pack_id] = pack.seq
+            after = max(cursor.get(pack.partition, -1), covered.get(pack_id, -1))
+            for r in reversed(pack.history):
+                if r.position <= after:
+                    break
+                fresh.append(r)
+        for r in sorted(fresh, key=lambda r: (r.partition, r.position)):
+            cursor[r.partition] = r.position
+            yield ServerSentEvent(r.data, event=r.event, id=format_cursor(cursor))
         await changed.wait()
+
+
+def format_cursor(cursor: Cursor) -> str:
+    return "c" + ".".join(f"{p}:{pos}" for p, pos in sorted(cursor.items()) if pos >= 0)
+
+
+def parse_cursor(value: str | None) -> Cursor | None:
+    if not value or not value.startswith("c") or len(value) > 2000:
+        return None
+    try:
+        cursor = {int(p): int(pos) for p, pos in (part.split(":") for part in value[1:].split(".") if part)}
+    except ValueError:
+        return None
+    return cursor if all(p >= 0 and pos >= 0 for p, pos in cursor.items()) else None
 
 
 def _parse(value: str | None) -> int | None:

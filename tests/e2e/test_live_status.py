@@ -127,6 +127,28 @@ async def test_the_all_packs_stream_carries_every_pack_of_the_user(stack: Runnin
     assert set(seen) == packs
 
 
+async def test_the_all_packs_stream_resumes_by_last_event_id(stack: RunningStack) -> None:
+    user = await stack.create_user(credits=20)
+    url = f"{stack.notifier}/v1/events"
+    first = (await stack.post_pack(user)).json()["pack_id"]
+    last_id = None
+    async for ev in sse.follow(url, stack.auth(user), retries=0):
+        if ev.event == "pack" and ev.json()["status"] == "COMPLETED":
+            last_id = ev.id
+            break  # the connection drops here
+    assert last_id is not None
+    second = (await stack.post_pack(user)).json()["pack_id"]
+    everything = [ev.json()["seq"] for ev in await stack.events(second, user)]  # while nobody listens
+    resumed = []
+    async for ev in sse.follow(url, stack.auth(user), last_event_id=last_id, retries=0):
+        resumed.append((ev.event, ev.json()["pack_id"], ev.json()["seq"]))
+        if ev.event == "pack" and ev.json()["pack_id"] == second and ev.json()["status"] == "COMPLETED":
+            break
+    # Exactly what happened since: all of the second pack, in order, and nothing of the first again.
+    assert {p for _, p, _ in resumed} == {second} and first != second
+    assert [seq for _, _, seq in resumed] == everything
+
+
 async def test_resume_across_a_notifier_restart(stack: RunningStack) -> None:
     """Kept last in the module: it restarts the shared notifier."""
     user = await stack.create_user(credits=10)
