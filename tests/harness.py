@@ -111,6 +111,26 @@ class RunningStack:
     async def records(self, topic: str) -> list[Any]:
         return await kafka_io.read_all(self.bootstrap, topic)
 
+    async def metric(self, instance: str, name: str) -> list[tuple[str, float]]:
+        """(labels, value) of a Prometheus metric on a worker's /metrics."""
+        async with httpx.AsyncClient(timeout=10) as client:
+            text = (await client.get(f"{self.stack.url(instance)}/metrics")).text
+        return [(line[len(name):line.rindex(" ")], float(line.split()[-1]))
+                for line in text.splitlines() if line.startswith((name + " ", name + "{"))]
+
+    async def shares_settled(self, instances: list[str], timeout: float = 60) -> None:
+        """Until every generation instance owns some images.jobs partitions (the shares add up to 1)."""
+        deadline = asyncio.get_running_loop().time() + timeout
+        while True:
+            try:
+                shares = [v for name in instances for _, v in await self.metric(name, "packline_provider_share")]
+            except httpx.TransportError:
+                shares = []  # an instance is still starting
+            if len(shares) == len(instances) and all(shares) and abs(sum(shares) - 1) < 1e-9:
+                return
+            assert asyncio.get_running_loop().time() < deadline, f"images.jobs partitions not spread: {shares}"
+            await asyncio.sleep(0.2)
+
     async def completed_images(self, pack_id: str) -> dict[str, set[str]]:
         """image id -> the event ids of its COMPLETED statuses on packs.status."""
         completed: dict[str, set[str]] = {}

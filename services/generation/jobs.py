@@ -5,7 +5,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import random
+import socket
+import uuid
 from typing import Any
 
 from prometheus_client import Counter, Histogram
@@ -13,7 +16,7 @@ from prometheus_client import Counter, Histogram
 from services.generation import handlers
 from services.generation.backends import ImageBackend
 from services.generation.scheduling import ProviderLimiter
-from services.generation.storage import ImageStore
+from services.generation.storage import CLAIM_REFRESH_S, ImageStore
 from shared.events import ImageJob
 from shared.kafka import Publisher
 from shared.topics import Topics
@@ -32,6 +35,7 @@ class JobRunner:
         self.policy = policy
         self.limiter = limiter or ProviderLimiter(0)
         self.rng = rng or random.Random()
+        self.owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"  # whose claims are whose
         # job -> future resolved with True when its run ended with its effects published
         self.in_flight: dict[tuple[str, str, int], asyncio.Future[bool]] = {}
 
@@ -56,13 +60,37 @@ class JobRunner:
     async def _run(self, job: ImageJob, source_topic: str, headers: list[tuple[str, bytes]]) -> None:
         pack_id = str(job.pack_id)
         url = self.store.url(pack_id, job.image_id)
-        made_by = self.store.finished(pack_id, job.image_id)
-        if made_by is not None:
-            # Redelivery or replay of an image that already exists: report it again exactly
-            # as it was first reported (same event ids), and do not pay the provider twice.
-            IMAGES.labels("duplicate").inc()
-            await self.publisher.send(handlers.succeeded(job.model_copy(update={"attempt": made_by}), url, self.topics))
-            return
+        while True:
+            claimed = await asyncio.to_thread(self.store.claim, pack_id, job.image_id, self.owner)
+            # Looked at after claiming: whoever made the image saved it before releasing its claim.
+            made_by = self.store.finished(pack_id, job.image_id)
+            if made_by is not None:
+                if claimed:
+                    await asyncio.to_thread(self.store.release, pack_id, job.image_id)
+                # Redelivery or replay of an image that already exists: report it again exactly
+                # as it was first reported (same event ids), and do not pay the provider twice.
+                IMAGES.labels("duplicate").inc()
+                await self.publisher.send(handlers.succeeded(job.model_copy(update={"attempt": made_by}), url, self.topics))
+                return
+            if claimed:
+                break
+            # Another process is making this image right now (the job moved in a rebalance).
+            IMAGES.labels("waiting_for_claim").inc()
+            await asyncio.sleep(1.0)
+        keep_claim = asyncio.create_task(self._keep_claim(pack_id, job.image_id))
+        try:
+            await self._generate(job, source_topic, headers, url)
+        finally:
+            keep_claim.cancel()
+            await asyncio.to_thread(self.store.release, pack_id, job.image_id)
+
+    async def _keep_claim(self, pack_id: str, image_id: str) -> None:
+        while True:
+            await asyncio.sleep(CLAIM_REFRESH_S)
+            await asyncio.to_thread(self.store.refresh_claim, pack_id, image_id)
+
+    async def _generate(self, job: ImageJob, source_topic: str, headers: list[tuple[str, bytes]], url: str) -> None:
+        pack_id = str(job.pack_id)
         await self.limiter.acquire()
         # GENERATING goes out while the provider works; its ack is awaited before the outcome
         # is sent, and one producer keeps the two in order in the pack's partition.

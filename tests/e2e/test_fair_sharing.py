@@ -9,7 +9,6 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 
-import httpx
 import pytest
 
 from shared.client import request_pack
@@ -97,21 +96,6 @@ async def test_a_single_pack_does_not_wait_behind_another_user_s_fifty(kafka_boo
             assert await s.balance(big) == 0 and await s.balance(small) == 0
 
 
-async def until_partitions_settle(s: RunningStack, instances: list[str], timeout: float = 60) -> None:
-    """Until every instance owns some images.jobs partitions (their shares then add up to 1)."""
-    deadline = time.monotonic() + timeout
-    async with httpx.AsyncClient() as client:
-        while True:
-            shares = []
-            for name in instances:
-                text = (await client.get(f"{s.stack.url(name)}/metrics")).text
-                shares += [float(line.split()[-1]) for line in text.splitlines() if line.startswith("packline_provider_share ")]
-            if len(shares) == len(instances) and all(shares) and abs(sum(shares) - 1) < 1e-9:
-                return
-            assert time.monotonic() < deadline, f"images.jobs partitions not spread: {shares}"
-            await asyncio.sleep(0.2)
-
-
 async def test_provider_limit_holds_across_two_generation_processes(kafka_bootstrap: str, tmp_path: Path) -> None:
     per_minute = 600  # ten calls a second for the whole deployment
     with FakeImagesApi.running() as fake, RunningStack.started(
@@ -120,7 +104,7 @@ async def test_provider_limit_holds_across_two_generation_processes(kafka_bootst
         IMAGES_PER_MINUTE=str(per_minute), GENERATION_CONCURRENCY="16",
     ) as s:
         async with pack_log(s) as log:
-            await until_partitions_settle(s, ["generation-1", "generation-2"])
+            await s.shares_settled(["generation-1", "generation-2"])
             user = await s.create_user(credits=30)
             packs = [(await s.post_pack(user)).json()["pack_id"] for _ in range(5)]
             await log.wait(packs, TERMINAL, timeout=120)
