@@ -9,6 +9,7 @@ import os
 import random
 import socket
 import uuid
+from collections.abc import Iterable
 from typing import Any
 
 from prometheus_client import Counter, Histogram
@@ -36,10 +37,14 @@ class JobRunner:
         self.limiter = limiter or ProviderLimiter(0)
         self.rng = rng or random.Random()
         self.owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"  # whose claims are whose
+        self.claimed: set[tuple[str, str, int]] = set()
+        self._keeping: asyncio.Task[None] | None = None
         # job -> future resolved with True when its run ended with its effects published
         self.in_flight: dict[tuple[str, str, int], asyncio.Future[bool]] = {}
 
-    async def run(self, job: ImageJob, source_topic: str, headers: Any) -> None:
+    async def run(self, job: ImageJob, source_topic: str, headers: Any, inherited: bool = False) -> None:
+        """`inherited`: the job was read from a partition this process took over from another,
+        which may still be making the image (see `claim_running`)."""
         key = (str(job.pack_id), job.image_id, job.run)
         while (running := self.in_flight.get(key)) is not None:
             # A redelivered copy of a job this process is already generating (after a
@@ -51,43 +56,52 @@ class JobRunner:
         self.in_flight[key] = finished
         ok = False
         try:
-            await self._run(job, source_topic, list(headers or ()))
+            await self._run(job, source_topic, list(headers or ()), inherited)
             ok = True
         finally:
             del self.in_flight[key]
             finished.set_result(ok)
+            if key in self.claimed:
+                self.claimed.discard(key)
+                self.store.release(key[0], key[1])
 
-    async def _run(self, job: ImageJob, source_topic: str, headers: list[tuple[str, bytes]]) -> None:
+    def claim_running(self, jobs: Iterable[ImageJob]) -> None:
+        """These jobs' partitions were just taken from this process while it makes their
+        images: claim the images, so that the next owner waits for them instead of paying
+        the provider again, and keep the claims fresh until each is done."""
+        for job in jobs:
+            key = (str(job.pack_id), job.image_id, job.run)
+            if key in self.in_flight and key not in self.claimed:
+                self.store.claim(key[0], key[1], self.owner)
+                self.claimed.add(key)
+        if self.claimed and (self._keeping is None or self._keeping.done()):
+            self._keeping = asyncio.create_task(self._keep_claims())
+
+    async def _keep_claims(self) -> None:
+        while self.claimed:
+            await asyncio.sleep(CLAIM_REFRESH_S)
+            for pack_id, image_id, _run in list(self.claimed):
+                self.store.refresh_claim(pack_id, image_id)
+
+    async def _run(self, job: ImageJob, source_topic: str, headers: list[tuple[str, bytes]], inherited: bool) -> None:
         pack_id = str(job.pack_id)
         url = self.store.url(pack_id, job.image_id)
         while True:
-            claimed = await asyncio.to_thread(self.store.claim, pack_id, job.image_id, self.owner)
-            # Looked at after claiming: whoever made the image saved it before releasing its claim.
+            held = inherited and self.store.held_by_other(pack_id, job.image_id, self.owner)
+            # Looked at after the claim: whoever makes the image saves it before letting go.
             made_by = self.store.finished(pack_id, job.image_id)
             if made_by is not None:
-                if claimed:
-                    await asyncio.to_thread(self.store.release, pack_id, job.image_id)
                 # Redelivery or replay of an image that already exists: report it again exactly
                 # as it was first reported (same event ids), and do not pay the provider twice.
                 IMAGES.labels("duplicate").inc()
                 await self.publisher.send(handlers.succeeded(job.model_copy(update={"attempt": made_by}), url, self.topics))
                 return
-            if claimed:
+            if not held:
                 break
-            # Another process is making this image right now (the job moved in a rebalance).
+            # The process that had this job before a rebalance is still making the image.
             IMAGES.labels("waiting_for_claim").inc()
             await asyncio.sleep(1.0)
-        keep_claim = asyncio.create_task(self._keep_claim(pack_id, job.image_id))
-        try:
-            await self._generate(job, source_topic, headers, url)
-        finally:
-            keep_claim.cancel()
-            await asyncio.to_thread(self.store.release, pack_id, job.image_id)
-
-    async def _keep_claim(self, pack_id: str, image_id: str) -> None:
-        while True:
-            await asyncio.sleep(CLAIM_REFRESH_S)
-            await asyncio.to_thread(self.store.refresh_claim, pack_id, image_id)
+        await self._generate(job, source_topic, headers, url)
 
     async def _generate(self, job: ImageJob, source_topic: str, headers: list[tuple[str, bytes]], url: str) -> None:
         pack_id = str(job.pack_id)

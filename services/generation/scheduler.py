@@ -52,7 +52,7 @@ class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
         await self.scheduler.on_revoked(set(revoked))
 
     async def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
-        self.scheduler.on_assigned()
+        await self.scheduler.on_assigned(assigned)
 
 
 class JobScheduler(ConsumerLoop):
@@ -71,6 +71,9 @@ class JobScheduler(ConsumerLoop):
         self.offsets: OffsetTracker[TopicPartition] = OffsetTracker()
         self.running: dict[asyncio.Task[None], Queued] = {}
         self._idle = asyncio.Event()  # set while no job is running
+        # Per partition: offsets below this were there when this process got the partition,
+        # so another process may have been making them (see JobRunner.claim_running).
+        self.inherited_until: dict[TopicPartition, int] = {}
         self._workers: list[asyncio.Task[None]] = []
         self._last_commit = 0.0
 
@@ -139,7 +142,9 @@ class JobScheduler(ConsumerLoop):
 
     async def _job(self, ev: Event, record: Any) -> None:
         assert isinstance(ev, ImageJob)
-        await self.runner.run(ev, record.topic, record.headers)
+        tp = TopicPartition(record.topic, record.partition)
+        inherited = record.offset < self.inherited_until.get(tp, record.offset + 1)
+        await self.runner.run(ev, record.topic, record.headers, inherited)
 
     async def _commit(self, force: bool = False) -> None:
         assert self.consumer is not None
@@ -161,13 +166,15 @@ class JobScheduler(ConsumerLoop):
         # the group (the new owner reads them from the committed offset).
         with contextlib.suppress(Exception):
             await self._commit(force=True)
+        self.runner.claim_running(q.job for q in self.running.values() if q.tp in revoked)
         dropped = self.queue.remove(lambda q: q.tp in revoked)
         self.offsets.forget(revoked)
         if dropped:
             log.info("handed back %d queued jobs of %s", dropped, sorted(tp.partition for tp in revoked))
 
-    def on_assigned(self) -> None:
+    async def on_assigned(self, assigned: list[TopicPartition]) -> None:
         assert self.consumer is not None
+        self.inherited_until = dict(await self.consumer.end_offsets(assigned)) if assigned else {}
         total = len(self.consumer.partitions_for_topic(self.topic) or ()) or self.settings.topic_partitions
         self.limiter.set_share(len(self.consumer.assignment()), total)
         SHARE.set(len(self.consumer.assignment()) / total)

@@ -1,14 +1,16 @@
 """Where finished images live: var/images/<pack_id>/<image_id>.png, written atomically,
 so a file that exists is a complete image (the generation idempotency check).
 
-Beside an image being made lies its claim, `.<image_id>.claim`: the generation process
-that is paying the provider for it, kept fresh while it works. After a rebalance hands the
-job to another process, that process sees the fresh claim and waits for the image instead
-of paying for it a second time. A claim not refreshed for CLAIM_STALE_S belongs to a dead
-process and is taken over. (The store is shared by every generation process and the api.)"""
+When a rebalance takes a partition away from a process that is still making some of its
+images, that process leaves a claim beside each of them, `.<image_id>.claim`, and keeps
+it fresh until the image is done. The new owner of the partition, reading those jobs
+again, sees the claim and waits for the image instead of paying the provider a second
+time. A claim not refreshed for CLAIM_STALE_S belongs to a dead process and is ignored.
+(The store is shared by every generation process and the api.)"""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -47,27 +49,24 @@ class ImageStore:
         _atomic_write(target, data)
         _atomic_write(target.with_suffix(".json"), json.dumps({"attempt": attempt}).encode())
 
-    def claim(self, pack_id: str, image_id: str, owner: str) -> bool:
-        """Take the right to generate this image: False while another live process holds it."""
+    def claim(self, pack_id: str, image_id: str, owner: str) -> None:
+        """Say that `owner` is paying the provider for this image right now."""
         path = self._claim_path(pack_id, image_id)
         path.parent.mkdir(parents=True, exist_ok=True)
+        _atomic_write(path, owner.encode())
+
+    def held_by_other(self, pack_id: str, image_id: str, owner: str) -> bool:
+        """Another live process is making this image (its claim is fresh)."""
+        path = self._claim_path(pack_id, image_id)
         try:
-            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-        except FileExistsError:
-            try:
-                holder, age = path.read_text(), time.time() - path.stat().st_mtime
-            except FileNotFoundError:
-                return False  # released just now: the caller looks again
-            if holder != owner and age < CLAIM_STALE_S:
-                return False
-            _atomic_write(path, owner.encode())  # ours already, or its owner is gone
-            return True
-        with os.fdopen(fd, "w") as fh:
-            fh.write(owner)
-        return True
+            holder, age = path.read_text(), time.time() - path.stat().st_mtime
+        except FileNotFoundError:
+            return False
+        return holder != owner and age < CLAIM_STALE_S
 
     def refresh_claim(self, pack_id: str, image_id: str) -> None:
-        self._claim_path(pack_id, image_id).touch()
+        with contextlib.suppress(FileNotFoundError):  # released meanwhile: nothing to keep
+            os.utime(self._claim_path(pack_id, image_id))
 
     def release(self, pack_id: str, image_id: str) -> None:
         self._claim_path(pack_id, image_id).unlink(missing_ok=True)
