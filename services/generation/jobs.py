@@ -1,5 +1,8 @@
 """Runs one image job: GENERATING -> backend -> store -> COMPLETED, or hands the failure
-to the retry policy. It never sleeps on a retry: the job leaves through a retry topic."""
+to the retry policy. It never sleeps on a retry: the job leaves through a retry topic.
+It pays the provider once per image: a finished image is reported again, a copy of a
+running job waits for it, and images whose partition moves mid-generation are claimed
+(storage.py) so that their next owner waits too."""
 
 from __future__ import annotations
 
