@@ -80,10 +80,7 @@ class OrderedConsumer(ConsumerLoop):
         self.spawn()
 
     async def stop(self) -> None:
-        if self._task:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
-            self._task = None
+        await self.halt()
         with contextlib.suppress(Exception):
             await self.commit()
         await super().stop()

@@ -132,7 +132,6 @@ class Publisher:
             log.warning("could not stop the failed producer cleanly", exc_info=True)
 
 
-
 def failure_headers(
     *, attempts: int, error: str, error_type: str, original_topic: str, first_failed_at_ms: int | None,
     extra: dict[str, Any] | None = None,
@@ -218,11 +217,16 @@ class ConsumerLoop:
         self._task = asyncio.create_task(self._run(), name=self.name)
 
     async def stop(self) -> None:
+        await self.halt()
+        if self.consumer is not None:
+            await self.consumer.stop()
+
+    async def halt(self) -> None:
+        """Stop stepping, keep the consumer (a subclass may still commit before `stop`)."""
         if self._task:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
-        if self.consumer is not None:
-            await self.consumer.stop()
+            self._task = None
 
     async def _run(self) -> None:
         while True:

@@ -48,7 +48,7 @@ class JobRunner:
     async def run(self, job: ImageJob, source_topic: str, headers: Any, inherited: bool = False) -> None:
         """`inherited`: the job was read from a partition this process took over from another,
         which may still be making the image (see `claim_running`)."""
-        key = (str(job.pack_id), job.image_id, job.run)
+        key = _key(job)
         while (running := self.in_flight.get(key)) is not None:
             # A redelivered copy of a job this process is already generating (after a
             # rebalance): wait for it rather than generate twice, and do not return (and let
@@ -73,7 +73,7 @@ class JobRunner:
         images: claim the images, so that the next owner waits for them instead of paying
         the provider again, and keep the claims fresh until each is done."""
         for job in jobs:
-            key = (str(job.pack_id), job.image_id, job.run)
+            key = _key(job)
             if key in self.in_flight and key not in self.claimed:
                 self.store.claim(key[0], key[1], self.owner)
                 self.claimed.add(key)
@@ -129,3 +129,8 @@ class JobRunner:
         await self.publisher.wait(generating)
         IMAGES.labels("completed").inc()
         await self.publisher.send(handlers.succeeded(job, url, self.topics))
+
+
+def _key(job: ImageJob) -> tuple[str, str, int]:
+    """One image of one run: what in_flight and claimed are keyed by."""
+    return str(job.pack_id), job.image_id, job.run

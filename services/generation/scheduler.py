@@ -89,10 +89,7 @@ class JobScheduler(ConsumerLoop):
     async def stop(self) -> None:
         """Stop reading, give the images in flight `shutdown_grace_s` to finish, then cancel
         the rest: whatever is unfinished is not committed, so the group hands it out again."""
-        if self._task:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
-            self._task = None
+        await self.halt()
         self.queue.remove(lambda _q: True)
         if self.running:
             with contextlib.suppress(TimeoutError):
@@ -175,8 +172,8 @@ class JobScheduler(ConsumerLoop):
     async def on_assigned(self, assigned: list[TopicPartition]) -> None:
         assert self.consumer is not None
         self.inherited_until = dict(await self.consumer.end_offsets(assigned)) if assigned else {}
+        owned = self.consumer.assignment()
         total = len(self.consumer.partitions_for_topic(self.topic) or ()) or self.settings.topic_partitions
-        self.limiter.set_share(len(self.consumer.assignment()), total)
-        SHARE.set(len(self.consumer.assignment()) / total)
-        log.info("images.jobs partitions %s; provider share %.2f",
-                 sorted(tp.partition for tp in self.consumer.assignment()), self.limiter.share)
+        self.limiter.set_share(len(owned), total)
+        SHARE.set(len(owned) / total)
+        log.info("images.jobs partitions %s; provider share %.2f", sorted(tp.partition for tp in owned), self.limiter.share)

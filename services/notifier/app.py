@@ -68,6 +68,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         user_id, generation = key
         return lambda: revocations.allows(user_id, generation)
 
+    def last_event_id(request: Request) -> str | None:
+        """The header, or a query parameter for clients that cannot set headers."""
+        return request.headers.get("last-event-id") or request.query_params.get("last_event_id")
+
     def live(events: AsyncIterator[Any]) -> EventSourceResponse:
         return EventSourceResponse(_counted(events), ping=settings.notifier_ping_s, send_timeout=30)
 
@@ -108,15 +112,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @app.get("/v1/packs/{pack_id}/events", response_class=EventSourceResponse)
     async def pack_events(pack_id: str, request: Request, token: Token = None) -> EventSourceResponse:
         pack = await owned_pack(request, pack_id, token)
-        last_id = request.headers.get("last-event-id") or request.query_params.get("last_event_id")
-        return live(streams.pack_events(pack, last_id, key_allowed(request)))
+        return live(streams.pack_events(pack, last_event_id(request), key_allowed(request)))
 
     @app.get("/v1/events", response_class=EventSourceResponse)
     async def user_events(request: Request) -> EventSourceResponse:
         user_id = caller(request, None, None)
         await caught_up()
-        last_id = request.headers.get("last-event-id") or request.query_params.get("last_event_id")
-        return live(streams.user_events(store, user_id, last_id, key_allowed(request)))
+        return live(streams.user_events(store, user_id, last_event_id(request), key_allowed(request)))
 
     @app.get("/healthz")
     async def healthz() -> JSONResponse:
