@@ -1,5 +1,5 @@
-"""A typed helper for services that publish pack requests straight to Kafka
-(DESIGN.md, "Publishing straight to Kafka")."""
+"""A typed helper for services that publish pack requests straight to Kafka instead of
+calling the api (docs/contract.md, "Publishing straight to Kafka")."""
 
 from __future__ import annotations
 

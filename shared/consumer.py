@@ -1,12 +1,13 @@
-"""The consumer every worker reads its topics with: a consumer-group member that handles
-each partition strictly in order, partitions side by side, and commits an offset only
-after every message before it was handled and its effects acknowledged.
+"""Reading Kafka. `OrderedConsumer` is what every worker reads its topics with: a
+consumer-group member that handles each partition strictly in order, partitions side by
+side, and commits an offset only after every message before it was handled and its
+effects acknowledged. `ConsumerLoop` is the background task under every reader.
 
 aiokafka runs a rebalance inside `getmany`, that is between two batches, so no message is
 being handled while partitions move; a commit that fails because a rebalance started in
 the meantime only means messages are read again, and every handler is idempotent.
-(This replaced faust-streaming agents, whose 0.15.3 commit bookkeeping could skip a
-message after a rebalance: README, "Offsets".)
+(Not faust-streaming agents: faust 0.15.3's commit bookkeeping can commit past a message
+still being processed after a rebalance; docs/architecture.md, "Offsets".)
 """
 
 from __future__ import annotations
@@ -21,35 +22,91 @@ from typing import TypeAlias
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.structs import ConsumerRecord
 
-from shared.kafka import ConsumerLoop
+from shared.kafka import partitions_of
 
 log = logging.getLogger("packline.consumer")
 
 Record: TypeAlias = "ConsumerRecord[bytes, bytes]"
+OnRebalance = Callable[[list[TopicPartition]], Awaitable[None]]
 
 
-def member_options(group: str) -> dict[str, object]:
-    """What every packline group member shares: manual commits, from the start of a new
-    group, and a short session so a SIGKILLed member's partitions move within seconds."""
-    return {
-        "group_id": group, "client_id": f"{group}-consumer", "enable_auto_commit": False,
-        "auto_offset_reset": "earliest", "session_timeout_ms": 10_000, "heartbeat_interval_ms": 1_000,
-    }
+def group_member(bootstrap: str, group: str) -> AIOKafkaConsumer:
+    """A consumer-group member as every packline reader is one: manual commits, from the
+    start of a new group, and a short session so a SIGKILLed member's partitions move
+    within seconds."""
+    return AIOKafkaConsumer(
+        bootstrap_servers=bootstrap, group_id=group, client_id=f"{group}-consumer", enable_auto_commit=False,
+        auto_offset_reset="earliest", session_timeout_ms=10_000, heartbeat_interval_ms=1_000,
+    )
 
 
-class _CommitOnRevoke(ConsumerRebalanceListener):  # type: ignore[misc]
-    def __init__(self, owner: OrderedConsumer) -> None:
-        self.owner = owner
+async def _nothing(_partitions: list[TopicPartition]) -> None:
+    pass
+
+
+class Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafka's base class is untyped
+    """Callbacks run inside `getmany` while partitions move: revoked ones before the new
+    owner can fetch, assigned ones before anything is read from them."""
+
+    def __init__(self, revoked: OnRebalance = _nothing, assigned: OnRebalance = _nothing) -> None:
+        self.revoked, self.assigned = revoked, assigned
 
     async def on_partitions_revoked(self, revoked: list[TopicPartition]) -> None:
-        try:
-            await self.owner.commit(set(revoked))
-        except Exception as exc:  # the new owner reads them again; handlers are idempotent
-            log.info("%s: no commit before handing over %s: %r", self.owner.name, revoked, exc)
-        self.owner.forget(revoked)
+        await self.revoked(list(revoked))
 
     async def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
-        pass
+        await self.assigned(list(assigned))
+
+
+class ConsumerLoop:
+    """An aiokafka consumer driven by one background task: `step()` runs forever, an error
+    is logged and the loop carries on, `stop()` cancels it and closes the consumer."""
+
+    name = "consumer-loop"
+    consumer: AIOKafkaConsumer | None = None
+    _task: asyncio.Task[None] | None = None
+
+    async def step(self) -> None:
+        raise NotImplementedError
+
+    def spawn(self) -> None:
+        self._task = asyncio.create_task(self._run(), name=self.name)
+
+    async def stop(self) -> None:
+        await self.halt()
+        if self.consumer is not None:
+            await self.consumer.stop()
+
+    async def halt(self) -> None:
+        """Stop stepping, keep the consumer (a subclass may still commit before `stop`)."""
+        if self._task:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+            self._task = None
+
+    async def _run(self) -> None:
+        while True:
+            try:
+                await self.step()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("%s failed; carrying on", self.name)
+                await asyncio.sleep(1)
+
+
+async def read_from_start(bootstrap: str, topic: str, client_id: str) -> tuple[AIOKafkaConsumer, list[TopicPartition]]:
+    """A group-less consumer on every partition of `topic`, positioned at the beginning."""
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False, client_id=client_id)
+    try:
+        await consumer.start()
+        tps = await partitions_of(bootstrap, topic)
+        consumer.assign(tps)
+        await consumer.seek_to_beginning(*tps)
+    except BaseException:
+        await consumer.stop()
+        raise
+    return consumer, tps
 
 
 class OrderedConsumer(ConsumerLoop):
@@ -74,9 +131,9 @@ class OrderedConsumer(ConsumerLoop):
         self._last_commit = 0.0
 
     async def start(self) -> None:
-        self.consumer = AIOKafkaConsumer(bootstrap_servers=self.bootstrap, **member_options(self.group))  # type: ignore[arg-type]
+        self.consumer = group_member(self.bootstrap, self.group)
         await self.consumer.start()
-        self.consumer.subscribe(self.topics, listener=_CommitOnRevoke(self))
+        self.consumer.subscribe(self.topics, listener=Rebalance(revoked=self._hand_over))
         self.spawn()
 
     async def stop(self) -> None:
@@ -127,6 +184,13 @@ class OrderedConsumer(ConsumerLoop):
             # Partitions moved meanwhile: their new owner reads these again (idempotent).
             log.info("%s: commit of %s not taken (%r)", self.name, _fmt(offsets), exc)
         self.forget(offsets)
+
+    async def _hand_over(self, revoked: list[TopicPartition]) -> None:
+        try:
+            await self.commit(set(revoked))
+        except Exception as exc:  # the new owner reads them again; handlers are idempotent
+            log.info("%s: no commit before handing over %s: %r", self.name, revoked, exc)
+        self.forget(revoked)
 
     def forget(self, partitions: Iterable[TopicPartition]) -> None:
         for tp in list(partitions):

@@ -1,6 +1,6 @@
 """Typed, versioned events: one pydantic model per event type, plain JSON on the wire.
 
-Rules (see README "Events"): fields are only ever added; a breaking change bumps
+Rules (docs/contract.md, "Events"): fields are only ever added; a breaking change bumps
 `version` and registers an upcaster from the old version. `schemas/` is generated
 from these models (`packline schemas export`) and a test fails when they drift.
 """
@@ -11,7 +11,8 @@ import json
 import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime
-from typing import Annotated, Any, ClassVar, Literal
+from enum import StrEnum
+from typing import Annotated, Any, ClassVar, Literal, TypeVar, overload
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
 
@@ -20,13 +21,43 @@ from shared.errors import InvalidMessage
 UserId = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_-]{1,64}$")]
 ImageKind = Literal["main", "lifestyle", "infographic", "detail", "scale", "packaging"]
 AplusKind = Literal["aplus_banner", "aplus_features", "aplus_comparison", "aplus_story"]
-PackStatusName = Literal["DRAFT", "PROCESSING", "COMPLETED", "PARTIAL", "FAILED", "REJECTED"]
-ImageStatusName = Literal["PENDING", "GENERATING", "RETRYING", "COMPLETED", "FAILED"]
 ShortText = Annotated[str, StringConstraints(max_length=300)]
 
 LISTING_KINDS: tuple[ImageKind, ...] = ("main", "lifestyle", "infographic", "detail", "scale", "packaging")
 APLUS_KINDS: tuple[str, ...] = ("aplus_banner", "aplus_features", "aplus_comparison", "aplus_story")
-TERMINAL_PACK = frozenset({"COMPLETED", "PARTIAL", "FAILED", "REJECTED"})
+MoneyReason = Literal["account_created", "granted", "debited", "refunded", "recharged"]
+
+
+class PackState(StrEnum):
+    """A pack's status: DRAFT -> PROCESSING -> COMPLETED | PARTIAL | FAILED, or DRAFT -> REJECTED."""
+
+    DRAFT = "DRAFT"
+    PROCESSING = "PROCESSING"
+    COMPLETED = "COMPLETED"
+    PARTIAL = "PARTIAL"
+    FAILED = "FAILED"
+    REJECTED = "REJECTED"
+
+    @property
+    def terminal(self) -> bool:
+        return self in TERMINAL_PACK
+
+
+class ImageState(StrEnum):
+    """An image's status: PENDING -> GENERATING -> (RETRYING -> GENERATING)* -> COMPLETED | FAILED."""
+
+    PENDING = "PENDING"
+    GENERATING = "GENERATING"
+    RETRYING = "RETRYING"
+    COMPLETED = "COMPLETED"
+    FAILED = "FAILED"
+
+    @property
+    def finished(self) -> bool:
+        return self in (ImageState.COMPLETED, ImageState.FAILED)
+
+
+TERMINAL_PACK = frozenset({PackState.COMPLETED, PackState.PARTIAL, PackState.FAILED, PackState.REJECTED})
 NAMESPACE = uuid.UUID("6b1f0f5e-7a52-4c33-9a8e-0d3c1f2b7a10")
 
 
@@ -58,7 +89,7 @@ class ImageSpec(BaseModel):
 class ImageEntry(BaseModel):
     image_id: str
     kind: str
-    status: ImageStatusName = "PENDING"
+    status: ImageState = ImageState.PENDING
     attempts: int = 0
     url: str | None = None
     error: str | None = None
@@ -119,7 +150,7 @@ class PackStatus(Event):
     version: Literal[1] = 1
     pack_id: uuid.UUID
     user_id: UserId
-    status: PackStatusName
+    status: PackState
     cost: int = 0
     charged: int = 0
     refunded: int = 0
@@ -225,7 +256,7 @@ class CreditsChanged(Event):
     type: Literal["credits.changed"] = "credits.changed"
     version: Literal[1] = 1
     user_id: UserId
-    reason: Literal["account_created", "granted", "debited", "refunded", "recharged"]
+    reason: MoneyReason
     amount: int
     balance: int
     pack_id: uuid.UUID | None = None
@@ -263,8 +294,16 @@ class KeyRevoked(Event):
     below_generation: int = Field(ge=1)
 
 
+E = TypeVar("E", bound=Event)
+
+
+@overload
+def decode(raw: bytes | None) -> Event: ...
+@overload
+def decode(raw: bytes | None, accept: tuple[type[E], ...]) -> E: ...
 def decode(raw: bytes | None, accept: tuple[type[Event], ...] | None = None) -> Event:
-    """bytes -> the newest version of a typed event, or InvalidMessage with the reason."""
+    """bytes -> the newest version of a typed event, or InvalidMessage with the reason.
+    With `accept` (a topic's event types), any other type is refused too."""
     if raw is None:
         raise InvalidMessage("empty message (tombstone)")
     try:

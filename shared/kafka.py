@@ -1,5 +1,5 @@
 """Kafka plumbing every service uses: an idempotent acks=all publisher, topic creation,
-dead-letter headers."""
+dead-letter headers. Reading is in `shared.consumer`."""
 
 from __future__ import annotations
 
@@ -10,13 +10,13 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka import AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaError, TopicAlreadyExistsError
 
 from shared.errors import BrokerUnavailable
 from shared.events import Event
-from shared.topics import Topics
+from shared.topics import REGISTRY, Topics
 
 log = logging.getLogger("packline.kafka")
 Headers = list[tuple[str, bytes]]
@@ -160,19 +160,15 @@ def invalid_message(
 
 
 async def ensure_topics(bootstrap: str, topics: Topics, partitions: int, replication: int = 1) -> None:
-    """Create every contract topic that does not exist yet (idempotent)."""
+    """Create every topic of the registry that does not exist yet (idempotent)."""
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, client_id="packline-admin")
     await admin.start()
     try:
         existing = set(await admin.list_topics())
-        # Dead-letter and audit topics keep their messages: operators read them weeks later.
-        keep = {topics.images_dlq, topics.invalid_dlq, topics.ops_audit}
-        configs = {name: {"retention.ms": "-1"} for name in keep}
-        # Only the newest revocation per user matters, forever.
-        configs[topics.auth_revocations] = {"cleanup.policy": "compact"}
         new = [
-            NewTopic(name, num_partitions=partitions, replication_factor=replication, topic_configs=configs.get(name, {}))
-            for name in topics.all() if name not in existing
+            NewTopic(topics.name(spec), num_partitions=spec.partitions or partitions, replication_factor=replication,
+                     topic_configs=dict(spec.config))
+            for spec in REGISTRY if topics.name(spec) not in existing
         ]
         if new:
             try:
@@ -200,54 +196,3 @@ async def partitions_of(bootstrap: str, topic: str, timeout_s: float = 15.0) -> 
             await asyncio.sleep(0.2)
     finally:
         await admin.close()
-
-
-class ConsumerLoop:
-    """An aiokafka consumer driven by one background task: `step()` runs forever, an error
-    is logged and the loop carries on, `stop()` cancels it and closes the consumer."""
-
-    name = "consumer-loop"
-    consumer: AIOKafkaConsumer | None = None
-    _task: asyncio.Task[None] | None = None
-
-    async def step(self) -> None:
-        raise NotImplementedError
-
-    def spawn(self) -> None:
-        self._task = asyncio.create_task(self._run(), name=self.name)
-
-    async def stop(self) -> None:
-        await self.halt()
-        if self.consumer is not None:
-            await self.consumer.stop()
-
-    async def halt(self) -> None:
-        """Stop stepping, keep the consumer (a subclass may still commit before `stop`)."""
-        if self._task:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
-            self._task = None
-
-    async def _run(self) -> None:
-        while True:
-            try:
-                await self.step()
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                log.exception("%s failed; carrying on", self.name)
-                await asyncio.sleep(1)
-
-
-async def read_from_start(bootstrap: str, topic: str, client_id: str) -> tuple[AIOKafkaConsumer, list[TopicPartition]]:
-    """A group-less consumer on every partition of `topic`, positioned at the beginning."""
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False, client_id=client_id)
-    try:
-        await consumer.start()
-        tps = await partitions_of(bootstrap, topic)
-        consumer.assign(tps)
-        await consumer.seek_to_beginning(*tps)
-    except BaseException:
-        await consumer.stop()
-        raise
-    return consumer, tps

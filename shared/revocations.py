@@ -9,9 +9,10 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 
+from shared.consumer import ConsumerLoop, read_from_start
 from shared.errors import InvalidMessage
 from shared.events import KeyRevoked, decode
-from shared.kafka import ConsumerLoop, read_from_start
+from shared.topics import AUTH_REVOCATIONS
 
 log = logging.getLogger("packline.revocations")
 
@@ -42,9 +43,8 @@ class Revocations(ConsumerLoop):
         for messages in batches.values():
             for m in messages:
                 try:
-                    ev = decode(m.value, (KeyRevoked,))
+                    ev = decode(m.value, AUTH_REVOCATIONS.events)
                 except InvalidMessage as exc:
                     log.warning("skipping revocation %s@%s: %s", m.partition, m.offset, exc)
                     continue
-                assert isinstance(ev, KeyRevoked)
                 self.apply(ev)

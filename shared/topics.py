@@ -1,74 +1,155 @@
-"""Topic names of the contract (DESIGN.md), optionally prefixed for isolation."""
+"""The topic registry: every topic of the contract declared once, with the event types it
+carries, what its messages are keyed by, and its broker config.
+
+Producers name a topic through `Topics` (which applies a deployment's prefix); consumers
+say which `TopicSpec` they read and get its events typed (`shared.worker.Route`).
+Partition counts come from the deployment (`TOPIC_PARTITIONS`) unless a spec fixes one.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Generic, Literal, TypeVar
+
+from shared.events import (
+    AccountCreate,
+    BalanceQuery,
+    CreditsBalance,
+    CreditsChanged,
+    CreditsGrant,
+    DlqReplayed,
+    Event,
+    ImageCompleted,
+    ImageFailed,
+    ImageJob,
+    ImageReplayed,
+    ImageStatus,
+    KeyRevoked,
+    PackAccepted,
+    PackRequested,
+    PackStatus,
+)
+
+E = TypeVar("E", bound=Event)
+Key = Literal["user_id", "pack_id", "operator", "original key"]
 
 # Fixed backoff tiers in seconds; a job waits in the smallest tier that covers its delay.
 RETRY_TIERS_S: tuple[int, ...] = (1, 5, 30, 120, 300)
+# Dead letters and the audit trail are read by operators weeks later.
+KEEP_FOREVER: Mapping[str, str] = {"retention.ms": "-1"}
+
+
+@dataclass(frozen=True)
+class TopicSpec(Generic[E]):
+    name: str  # without the deployment's prefix
+    events: tuple[type[E], ...]  # empty: raw copies of other topics' messages (dead letters)
+    key: Key
+    doc: str
+    config: Mapping[str, str] = field(default_factory=dict)
+    partitions: int | None = None  # None: the deployment's TOPIC_PARTITIONS
+
+
+ImageResult = ImageCompleted | ImageFailed | ImageReplayed
+PackFeed = PackStatus | ImageStatus
+CreditsCommand = AccountCreate | CreditsGrant | BalanceQuery
+CreditsReply = CreditsChanged | CreditsBalance
+
+PACKS_REQUESTED = TopicSpec[PackRequested]("packs.requested", (PackRequested,), "user_id", "pack requests from the api or any publisher")
+PACKS_ACCEPTED = TopicSpec[PackAccepted]("packs.accepted", (PackAccepted,), "pack_id", "packs debited by credits, for generation")
+PACKS_STATUS = TopicSpec[PackFeed](
+    "packs.status", (PackStatus, ImageStatus), "pack_id", "every status change of a pack and its images, in order per pack",
+)
+IMAGES_JOBS = TopicSpec[ImageJob]("images.jobs", (ImageJob,), "pack_id", "one message per image to make")
+IMAGES_RESULTS = TopicSpec[ImageResult](
+    "images.results", (ImageCompleted, ImageFailed, ImageReplayed), "pack_id", "image outcomes, for the ledger",
+)
+IMAGES_DLQ = TopicSpec[ImageJob]("images.dlq", (ImageJob,), "pack_id", "image jobs that failed for good; replayable", KEEP_FOREVER)
+CREDITS_COMMANDS = TopicSpec[CreditsCommand](
+    "credits.commands", (AccountCreate, CreditsGrant, BalanceQuery), "user_id", "account and balance commands",
+)
+CREDITS_EVENTS = TopicSpec[CreditsReply](
+    "credits.events", (CreditsChanged, CreditsBalance), "user_id", "every balance change, and replies to balance queries",
+)
+INVALID_DLQ = TopicSpec[Event](
+    "invalid.dlq", (), "original key", "messages of any topic that could not be parsed or validated", KEEP_FOREVER,
+)
+OPS_AUDIT = TopicSpec[DlqReplayed]("ops.audit", (DlqReplayed,), "operator", "what operators did", KEEP_FOREVER)
+# Only the newest revocation per user matters, for ever.
+AUTH_REVOCATIONS = TopicSpec[KeyRevoked](
+    "auth.revocations", (KeyRevoked,), "user_id", "API key revocations", {"cleanup.policy": "compact"},
+)
+RETRY_TIERS: tuple[TopicSpec[ImageJob], ...] = tuple(
+    TopicSpec[ImageJob](f"images.retry.{s}s", (ImageJob,), "pack_id", f"image jobs waiting {s} s before their next attempt")
+    for s in RETRY_TIERS_S
+)
+
+REGISTRY: tuple[TopicSpec[Any], ...] = (
+    PACKS_REQUESTED, PACKS_ACCEPTED, PACKS_STATUS, IMAGES_JOBS, IMAGES_RESULTS, IMAGES_DLQ, CREDITS_COMMANDS,
+    CREDITS_EVENTS, INVALID_DLQ, OPS_AUDIT, AUTH_REVOCATIONS, *RETRY_TIERS,
+)
 
 
 @dataclass(frozen=True)
 class Topics:
+    """The topic names of one deployment: the registry's names behind an optional prefix,
+    which isolates a deployment (or one test) on a shared cluster."""
+
     prefix: str = ""
 
-    def _t(self, name: str) -> str:
-        return f"{self.prefix}{name}"
+    def name(self, spec: TopicSpec[Any]) -> str:
+        return f"{self.prefix}{spec.name}"
 
-    @property
-    def packs_requested(self) -> str:
-        return self._t("packs.requested")
-
-    @property
-    def packs_accepted(self) -> str:
-        return self._t("packs.accepted")
-
-    @property
-    def packs_status(self) -> str:
-        return self._t("packs.status")
-
-    @property
-    def images_jobs(self) -> str:
-        return self._t("images.jobs")
-
-    @property
-    def images_results(self) -> str:
-        return self._t("images.results")
-
-    @property
-    def images_dlq(self) -> str:
-        return self._t("images.dlq")
-
-    @property
-    def credits_commands(self) -> str:
-        return self._t("credits.commands")
-
-    @property
-    def credits_events(self) -> str:
-        return self._t("credits.events")
-
-    @property
-    def invalid_dlq(self) -> str:
-        return self._t("invalid.dlq")
-
-    @property
-    def ops_audit(self) -> str:
-        return self._t("ops.audit")
-
-    @property
-    def auth_revocations(self) -> str:
-        return self._t("auth.revocations")
+    def all(self) -> list[str]:
+        return [self.name(spec) for spec in REGISTRY]
 
     def retry(self, tier_s: int) -> str:
-        return self._t(f"images.retry.{tier_s}s")
+        return self.name(RETRY_TIERS[RETRY_TIERS_S.index(tier_s)])
 
     @property
     def retry_topics(self) -> list[str]:
-        return [self.retry(t) for t in RETRY_TIERS_S]
+        return [self.name(spec) for spec in RETRY_TIERS]
 
-    def all(self) -> list[str]:
-        return [
-            self.packs_requested, self.packs_accepted, self.packs_status, self.images_jobs,
-            self.images_results, self.images_dlq, self.credits_commands, self.credits_events,
-            self.invalid_dlq, self.ops_audit, self.auth_revocations, *self.retry_topics,
-        ]
+    @property
+    def packs_requested(self) -> str:
+        return self.name(PACKS_REQUESTED)
+
+    @property
+    def packs_accepted(self) -> str:
+        return self.name(PACKS_ACCEPTED)
+
+    @property
+    def packs_status(self) -> str:
+        return self.name(PACKS_STATUS)
+
+    @property
+    def images_jobs(self) -> str:
+        return self.name(IMAGES_JOBS)
+
+    @property
+    def images_results(self) -> str:
+        return self.name(IMAGES_RESULTS)
+
+    @property
+    def images_dlq(self) -> str:
+        return self.name(IMAGES_DLQ)
+
+    @property
+    def credits_commands(self) -> str:
+        return self.name(CREDITS_COMMANDS)
+
+    @property
+    def credits_events(self) -> str:
+        return self.name(CREDITS_EVENTS)
+
+    @property
+    def invalid_dlq(self) -> str:
+        return self.name(INVALID_DLQ)
+
+    @property
+    def ops_audit(self) -> str:
+        return self.name(OPS_AUDIT)
+
+    @property
+    def auth_revocations(self) -> str:
+        return self.name(AUTH_REVOCATIONS)

@@ -1,7 +1,7 @@
 """What the two workers (credits, generation) share: the process around them, and the
 guard every message goes through.
 
-A worker is a small Starlette app served by uvicorn, like the api and the notifier: its
+A worker is a small FastAPI app served by uvicorn, like the api and the notifier: its
 lifespan starts the consumers and stops them on SIGTERM, and it answers /healthz and
 /metrics. Messages are read by `shared.consumer.OrderedConsumer`; effects go through
 `shared.kafka.Publisher` and are acknowledged before any offset past their message is
@@ -13,44 +13,42 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, Generic, TypeVar
 
-from prometheus_client import CONTENT_TYPE_LATEST, Counter, generate_latest
-from starlette.applications import Starlette
-from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
-from starlette.routing import Route
+from fastapi import FastAPI
+from prometheus_client import Counter
 
+from shared.consumer import Record
 from shared.errors import BrokerUnavailable, InvalidMessage
 from shared.events import Event, decode
+from shared.http import health_router
 from shared.kafka import Publisher, invalid_message
 from shared.settings import CommonSettings
+from shared.topics import TopicSpec
 
 log = logging.getLogger("packline.worker")
 
+E = TypeVar("E", bound=Event)
 MESSAGES = Counter("packline_messages_total", "messages handled", ["topic", "outcome"])
 UNEXPECTED_RETRIES = 5
 
 
-def worker_app(name: str, start: Callable[[], Awaitable[None]], stop: Callable[[], Awaitable[None]]) -> Starlette:
+def worker_app(name: str, start: Callable[[], Awaitable[None]], stop: Callable[[], Awaitable[None]]) -> FastAPI:
     """The process of a worker: `start` before /healthz answers, `stop` on shutdown."""
 
     @contextlib.asynccontextmanager
-    async def lifespan(_app: Starlette) -> AsyncIterator[None]:
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
         await start()
         try:
             yield
         finally:
             await stop()
 
-    async def healthz(_request: Request) -> Response:
-        return JSONResponse({"status": "ok", "service": name})
-
-    async def metrics(_request: Request) -> Response:
-        return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST.split(";")[0])
-
-    return Starlette(routes=[Route("/healthz", healthz), Route("/metrics", metrics)], lifespan=lifespan)
+    app = FastAPI(title=f"packline {name}", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
+    app.include_router(health_router(name))
+    return app
 
 
 def every(seconds: float, job: Callable[[], Awaitable[None]], name: str) -> asyncio.Task[None]:
@@ -67,34 +65,49 @@ def every(seconds: float, job: Callable[[], Awaitable[None]], name: str) -> asyn
     return asyncio.create_task(loop(), name=name)
 
 
-async def guard(
-    record: Any,
-    accept: tuple[type[Event], ...],
-    handler: Callable[[Event, Any], Awaitable[None]],
-    publisher: Publisher,
-    settings: CommonSettings,
-) -> None:
+@dataclass(frozen=True)
+class Route(Generic[E]):
+    """One topic a consumer reads, and the handler its events go to, typed by the topic's
+    registry entry: a handler never sees an event type its topic does not carry."""
+
+    spec: TopicSpec[E]
+    handler: Callable[[E, Record], Awaitable[None]]
+
+
+def dispatch(
+    routes: Sequence[Route[Any]], publisher: Publisher, settings: CommonSettings,
+) -> tuple[list[str], Callable[[Record], Awaitable[None]]]:
+    """The topic names to subscribe to, and the function each of their records goes through."""
+    by_name = {settings.topics.name(r.spec): r for r in routes}
+
+    async def one(record: Record) -> None:
+        await guard(record, by_name[record.topic], publisher, settings)
+
+    return list(by_name), one
+
+
+async def guard(record: Record, route: Route[E], publisher: Publisher, settings: CommonSettings) -> None:
     """The whole path of one consumed message: decode, then handle."""
-    typed = await decode_or_dead_letter(record, accept, publisher, settings)
+    typed = await decode_or_dead_letter(record, route.spec, publisher, settings)
     if typed is not None:
-        await handle(typed, record, handler, publisher, settings)
+        await handle(typed, record, route.handler, publisher, settings)
 
 
 async def decode_or_dead_letter(
-    msg: Any, accept: tuple[type[Event], ...], publisher: Publisher, settings: CommonSettings,
-) -> Event | None:
+    msg: Record, spec: TopicSpec[E], publisher: Publisher, settings: CommonSettings,
+) -> E | None:
     """The typed event, or None once a malformed message is safely on invalid.dlq."""
     try:
-        return decode(msg.value, accept)
+        return decode(msg.value, spec.events)
     except InvalidMessage as exc:
         await _dead_letter(publisher, settings, msg, str(exc), "InvalidMessage")
         return None
 
 
 async def handle(
-    typed: Event,
-    msg: Any,
-    handler: Callable[[Event, Any], Awaitable[None]],
+    typed: E,
+    msg: Record,
+    handler: Callable[[E, Record], Awaitable[None]],
     publisher: Publisher,
     settings: CommonSettings,
 ) -> None:
@@ -126,7 +139,7 @@ async def handle(
             await asyncio.sleep(min(0.2 * 2**attempt, 5.0))
 
 
-async def _dead_letter(publisher: Publisher, settings: CommonSettings, msg: Any, reason: str, error_type: str) -> None:
+async def _dead_letter(publisher: Publisher, settings: CommonSettings, msg: Record, reason: str, error_type: str) -> None:
     log.warning("dead-lettering %s[%s]@%s: %s", msg.topic, msg.partition, msg.offset, reason)
     MESSAGES.labels(msg.topic, "invalid").inc()
     dead = invalid_message(

@@ -2,55 +2,54 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI, Request, Response
 from fastapi.responses import JSONResponse
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.middleware.cors import CORSMiddleware
 
 from services.api.limits import IdempotencyIndex, RateLimiter
 from services.api.routes import router
 from services.api.settings import Settings
+from shared.http import KeyCheck, health_router
+from shared.images import ImageStore
 from shared.kafka import Publisher, ensure_topics
 from shared.revocations import Revocations
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or Settings()
+    revocations = Revocations(settings.kafka_bootstrap_servers, settings.topics.auth_revocations)
+    publisher = Publisher(settings.kafka_bootstrap_servers, "packline-api", settings.api_kafka_timeout_s)
 
     @asynccontextmanager
-    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
         await ensure_topics(settings.kafka_bootstrap_servers, settings.topics, settings.topic_partitions)
-        publisher = Publisher(settings.kafka_bootstrap_servers, "packline-api", settings.api_kafka_timeout_s)
         await publisher.start()
         await revocations.start()
-        app.state.publisher = publisher
         try:
             yield
         finally:
             await revocations.stop()
             await publisher.stop()
 
-    revocations = Revocations(settings.kafka_bootstrap_servers, settings.topics.auth_revocations)
     app = FastAPI(title="packline api", version="1.0.0", lifespan=lifespan)
-    app.state.revocations = revocations
     app.state.settings = settings
+    app.state.publisher = publisher
+    app.state.keys = KeyCheck(settings.packline_secret, revocations)
     app.state.limiter = RateLimiter(settings.rate_limit_per_s, settings.rate_limit_burst)
     app.state.idempotency = IdempotencyIndex()
+    app.state.images = ImageStore(settings.images_dir, settings.api_public_url)
     app.add_middleware(CORSMiddleware, allow_origins=[settings.notifier_public_url.rstrip("/")], allow_headers=["*"], allow_methods=["*"])
 
     @app.middleware("http")
-    async def limit_body(request: Request, call_next):  # type: ignore[no-untyped-def]
+    async def limit_body(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
         length = request.headers.get("content-length")
         if length and length.isdigit() and int(length) > settings.max_body_bytes:
             return JSONResponse({"detail": f"body larger than {settings.max_body_bytes} bytes"}, status_code=413)
         return await call_next(request)
 
-    @app.get("/metrics", include_in_schema=False)
-    async def metrics() -> Response:
-        return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
-
+    app.include_router(health_router("api"))
     app.include_router(router)
     return app

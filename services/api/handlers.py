@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import uuid
-from typing import Annotated
+from typing import Annotated, NamedTuple
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -37,10 +37,6 @@ class PackAccepted202(BaseModel):
     stream_token: str
 
 
-class IdempotencyConflict(Exception):
-    """The same Idempotency-Key was used before with a different body."""
-
-
 def request_hash(body: PackRequestBody) -> str:
     canonical = json.dumps(body.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(canonical.encode()).hexdigest()
@@ -54,12 +50,19 @@ def pack_id_for(user_id: str, idempotency_key: str | None) -> str:
     return stable_id("idempotency", user_id, idempotency_key)
 
 
+class Request(NamedTuple):
+    event: PackRequested
+    cost: int
+    body_hash: str
+
+
 def build_request(
     user_id: str, body: PackRequestBody, idempotency_key: str | None, price_listing: int, price_aplus: int,
-) -> tuple[PackRequested, int]:
+) -> Request:
     images = body.images or list(LISTING_KINDS)
+    digest = request_hash(body)
     event = PackRequested(
         pack_id=pack_id_for(user_id, idempotency_key), user_id=user_id, product=body.product,
-        images=images, aplus=body.aplus, idempotency_key=idempotency_key, request_hash=request_hash(body),
+        images=images, aplus=body.aplus, idempotency_key=idempotency_key, request_hash=digest,
     )
-    return event, pack_cost(plan_pack(images, body.aplus, price_listing, price_aplus))
+    return Request(event, pack_cost(plan_pack(images, body.aplus, price_listing, price_aplus)), digest)

@@ -2,53 +2,50 @@
 
 from __future__ import annotations
 
-import json
 import math
-import re
 from pathlib import Path
 from typing import Annotated
 
-from fastapi import APIRouter, Header, HTTPException, Request
-from fastapi.responses import FileResponse, HTMLResponse, JSONResponse
+from fastapi import APIRouter, Header, HTTPException
+from fastapi.responses import FileResponse, HTMLResponse
 from prometheus_client import Counter, Histogram
 
 from services.api import handlers
-from services.api.deps import PublisherDep, SettingsDep, UserDep
+from services.api.deps import IdempotencyDep, ImagesDep, LimiterDep, PublisherDep, SettingsDep, UserDep
 from shared.auth import make_stream_token
 from shared.errors import BrokerUnavailable
 from shared.kafka import Outgoing
+from shared.topics import PACKS_REQUESTED
 
 router = APIRouter()
 PACKS = Counter("packline_api_packs_total", "pack requests by outcome", ["outcome"])
 PRODUCE_SECONDS = Histogram("packline_api_produce_seconds", "time for Kafka to acknowledge a pack request")
 IDEMPOTENCY_KEY = r"^[\x21-\x7e]{1,200}$"
-SAFE_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 STATIC = Path(__file__).parent / "static"
 
 
 @router.post("/v1/packs", status_code=202, response_model=handlers.PackAccepted202)
 async def create_pack(
-    body: handlers.PackRequestBody, request: Request, user_id: UserDep, settings: SettingsDep,
-    publisher: PublisherDep,
+    body: handlers.PackRequestBody, user_id: UserDep, settings: SettingsDep, publisher: PublisherDep,
+    limiter: LimiterDep, index: IdempotencyDep,
     idempotency_key: Annotated[str | None, Header(pattern=IDEMPOTENCY_KEY, description="1-200 printable ASCII characters")] = None,
 ) -> handlers.PackAccepted202:
-    wait = request.app.state.limiter.take(user_id)
+    wait = limiter.take(user_id)
     if wait:
         PACKS.labels("rate_limited").inc()
         raise HTTPException(429, "too many requests", headers={"Retry-After": str(math.ceil(wait))})
-    event, cost = handlers.build_request(user_id, body, idempotency_key, settings.price_listing, settings.price_aplus)
-    index = request.app.state.idempotency
-    if idempotency_key and not index.check(user_id, idempotency_key, event.request_hash):
+    event, cost, digest = handlers.build_request(user_id, body, idempotency_key, settings.price_listing, settings.price_aplus)
+    if idempotency_key and not index.check(user_id, idempotency_key, digest):
         PACKS.labels("conflict").inc()
         raise HTTPException(409, "this Idempotency-Key was already used with a different request body")
     try:
         with PRODUCE_SECONDS.time():
-            await publisher.send([Outgoing.of(settings.topics.packs_requested, event, user_id)])
+            await publisher.send([Outgoing.of(settings.topics.name(PACKS_REQUESTED), event, user_id)])
     except BrokerUnavailable as exc:
         PACKS.labels("unavailable").inc()
         raise HTTPException(503, "the pack queue is unavailable; nothing was charged, try again", headers={"Retry-After": "5"}) from exc
     if idempotency_key:
-        index.remember(user_id, idempotency_key, event.request_hash)
+        index.remember(user_id, idempotency_key, digest)
     PACKS.labels("accepted").inc()
     pack_id = str(event.pack_id)
     base = settings.notifier_public_url.rstrip("/")
@@ -59,17 +56,9 @@ async def create_pack(
 
 
 @router.get("/v1/images/{pack_id}/{image_id}", response_class=FileResponse)
-async def get_image(pack_id: str, image_id: str, user_id: UserDep, settings: SettingsDep) -> FileResponse:
-    if not SAFE_ID.match(pack_id) or not SAFE_ID.match(image_id):
-        raise HTTPException(404, "no such image")
-    pack_dir = settings.images_dir / pack_id
-    try:
-        owner = json.loads((pack_dir / "meta.json").read_text())["user_id"]
-    except (FileNotFoundError, ValueError, KeyError):
-        owner = None
-    path = pack_dir / f"{image_id}.png"
-    # Someone else's pack is indistinguishable from a missing one.
-    if owner != user_id or not path.is_file():
+async def get_image(pack_id: str, image_id: str, user_id: UserDep, images: ImagesDep) -> FileResponse:
+    path = images.owned_file(pack_id, image_id, user_id)
+    if path is None:
         raise HTTPException(404, "no such image")
     return FileResponse(path, media_type="image/png")
 
@@ -77,8 +66,3 @@ async def get_image(pack_id: str, image_id: str, user_id: UserDep, settings: Set
 @router.get("/", response_class=HTMLResponse, include_in_schema=False)
 async def index() -> HTMLResponse:
     return HTMLResponse((STATIC / "index.html").read_text())
-
-
-@router.get("/healthz")
-async def healthz() -> JSONResponse:
-    return JSONResponse({"status": "ok", "service": "api"})

@@ -1,16 +1,21 @@
 """Small Kafka conversations for the ops CLI: send a command, wait for its reply;
-read a topic from the beginning to its current end."""
+read a topic from the beginning to its current end; publish a few messages."""
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator
+from contextlib import asynccontextmanager
+from typing import TypeVar
 
 from aiokafka import ConsumerRecord
 
+from shared.consumer import read_from_start
 from shared.errors import InvalidMessage
 from shared.events import Event, decode
-from shared.kafka import Outgoing, Publisher, read_from_start
+from shared.kafka import Outgoing, Publisher
+
+E = TypeVar("E", bound=Event)
 
 
 async def request_reply(
@@ -21,12 +26,8 @@ async def request_reply(
         await consumer.seek_to_end(*tps)
         for tp in tps:  # pin the positions now, so the reply cannot land before we look
             await consumer.position(tp)
-        publisher = Publisher(bootstrap, "packline-cli")
-        await publisher.start()
-        try:
+        async with open_publisher(bootstrap) as publisher:
             await publisher.send([command])
-        finally:
-            await publisher.stop()
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             batches = await consumer.getmany(timeout_ms=200)
@@ -62,3 +63,30 @@ async def read_all(bootstrap: str, topic: str) -> list[ConsumerRecord[bytes, byt
         return records
     finally:
         await consumer.stop()
+
+
+def events(records: Iterable[ConsumerRecord[bytes, bytes]], accept: tuple[type[E], ...]) -> Iterator[E]:
+    """The records that decode to one of the `accept` types; the rest are skipped."""
+    for r in records:
+        try:
+            ev = decode(r.value, accept)
+        except InvalidMessage:
+            continue
+        if isinstance(ev, accept):
+            yield ev
+
+
+async def read_events(bootstrap: str, topic: str, accept: tuple[type[E], ...]) -> list[E]:
+    """Every event of the `accept` types currently in `topic`."""
+    return list(events(await read_all(bootstrap, topic), accept))
+
+
+@asynccontextmanager
+async def open_publisher(bootstrap: str, client_id: str = "packline-cli") -> AsyncIterator[Publisher]:
+    """A started publisher, stopped on the way out."""
+    publisher = Publisher(bootstrap, client_id)
+    await publisher.start()
+    try:
+        yield publisher
+    finally:
+        await publisher.stop()

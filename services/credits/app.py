@@ -11,18 +11,19 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from starlette.applications import Starlette
+from fastapi import FastAPI
 
 from services.credits import handlers
 from services.credits.ledger import Ledger
 from services.credits.settings import Settings
 from shared.consumer import OrderedConsumer, Record
-from shared.events import Event, PackRequested
+from shared.events import PackRequested
 from shared.kafka import Outgoing, Publisher
-from shared.worker import every, guard, worker_app
+from shared.topics import CREDITS_COMMANDS, IMAGES_RESULTS, PACKS_REQUESTED, CreditsCommand, ImageResult
+from shared.worker import Route, dispatch, every, worker_app
 
 
-def build(settings: Settings) -> Starlette:
+def build(settings: Settings) -> FastAPI:
     t = settings.topics
     ledger = Ledger(settings.database_url)
     publisher = Publisher(settings.kafka_bootstrap_servers, "packline-credits")
@@ -36,25 +37,19 @@ def build(settings: Settings) -> Starlette:
         loop = asyncio.get_running_loop()
         await publisher.enqueue(await loop.run_in_executor(executor, functools.partial(fn, *args)))
 
-    async def requested(ev: Event, _record: Any) -> None:
-        assert isinstance(ev, PackRequested)
+    async def requested(ev: PackRequested, _record: Record) -> None:
         await run(handlers.on_pack_requested, ev, ledger, t, settings.price_listing, settings.price_aplus)
 
-    async def result(ev: Event, _record: Any) -> None:
+    async def result(ev: ImageResult, _record: Record) -> None:
         await run(handlers.on_image_result, ev, ledger, t)
 
-    async def command(ev: Event, _record: Any) -> None:
+    async def command(ev: CreditsCommand, _record: Record) -> None:
         await run(handlers.on_command, ev, ledger, t)
 
-    routes: dict[str, tuple[tuple[type[Event], ...], Callable[[Event, Any], Any]]] = {
-        t.packs_requested: ((PackRequested,), requested),
-        t.images_results: (handlers.RESULTS, result),
-        t.credits_commands: (handlers.COMMANDS, command),
-    }
-
-    async def dispatch(record: Record) -> None:
-        accept, handler = routes[record.topic]
-        await guard(record, accept, handler, publisher, settings)
+    topics, one = dispatch(
+        [Route(PACKS_REQUESTED, requested), Route(IMAGES_RESULTS, result), Route(CREDITS_COMMANDS, command)],
+        publisher, settings,
+    )
 
     async def redrive_stalled() -> None:
         loop = asyncio.get_running_loop()
@@ -63,7 +58,7 @@ def build(settings: Settings) -> Starlette:
         ))
 
     consumer = OrderedConsumer(
-        settings.kafka_bootstrap_servers, f"{settings.topic_prefix}packline-credits", list(routes), dispatch,
+        settings.kafka_bootstrap_servers, f"{settings.topic_prefix}packline-credits", topics, one,
         before_commit=publisher.flush,
     )
     redrive: asyncio.Task[None] | None = None

@@ -8,50 +8,48 @@ every downstream consumer recognises them as the same events.
 from __future__ import annotations
 
 from dataclasses import replace
+from uuid import UUID
 
 from services.credits.ledger import Ledger, PackView
 from shared.errors import InvalidMessage, UnknownAccount
 from shared.events import (
     AccountCreate,
-    BalanceQuery,
     CreditsBalance,
     CreditsChanged,
     CreditsGrant,
-    Event,
     ImageCompleted,
     ImageEntry,
     ImageFailed,
     ImageReplayed,
     ImageSpec,
+    MoneyReason,
     PackAccepted,
     PackRequested,
+    PackState,
     PackStatus,
     stable_id,
 )
 from shared.kafka import Outgoing
 from shared.pricing import plan_pack
-from shared.topics import Topics
-
-COMMANDS = (AccountCreate, CreditsGrant, BalanceQuery)
-RESULTS = (ImageCompleted, ImageFailed, ImageReplayed)
+from shared.topics import CreditsCommand, ImageResult, Topics
 
 
-def _status(t: Topics, view: PackView, status: str, *parts: object, with_images: bool = True) -> Outgoing:
+def _status(t: Topics, view: PackView, status: PackState, *parts: object, with_images: bool = True) -> Outgoing:
     images = [
-        ImageEntry(image_id=i.image_id, kind=i.kind, status=i.status, attempts=i.attempts, url=i.url, error=i.error)  # type: ignore[arg-type]
+        ImageEntry(image_id=i.image_id, kind=i.kind, status=i.status, attempts=i.attempts, url=i.url, error=i.error)
         for i in view.images
     ]
     event = PackStatus(
-        event_id=stable_id(view.pack_id, "status", status, *parts), pack_id=view.pack_id, user_id=view.user_id,
-        status=status, cost=view.cost, charged=view.charged, refunded=view.refunded, reason=view.reason,  # type: ignore[arg-type]
+        event_id=stable_id(view.pack_id, "status", status, *parts), pack_id=UUID(view.pack_id), user_id=view.user_id,
+        status=status, cost=view.cost, charged=view.charged, refunded=view.refunded, reason=view.reason,
         images=images if with_images else None,
     )
     return Outgoing.of(t.packs_status, event, view.pack_id)
 
 
-def _money(t: Topics, view: PackView, reason: str, key: str, image_id: str | None = None) -> Outgoing:
+def _money(t: Topics, view: PackView, reason: MoneyReason, key: str, image_id: str | None = None) -> Outgoing:
     event = CreditsChanged(
-        event_id=stable_id("money", key), user_id=view.user_id, reason=reason,  # type: ignore[arg-type]
+        event_id=stable_id("money", key), user_id=view.user_id, reason=reason,
         amount=view.money_moved, balance=view.balance or 0, pack_id=view.pack_id, image_id=image_id,
     )
     return Outgoing.of(t.credits_events, event, view.user_id)
@@ -67,34 +65,34 @@ def on_pack_requested(ev: PackRequested, ledger: Ledger, t: Topics, price_listin
     view = ledger.accept_pack(pack_id, ev.user_id, specs, accepted.encode().decode())
     if view.user_id != ev.user_id:
         raise InvalidMessage(f"pack_id {pack_id} already belongs to another user")
-    draft = PackView(view.pack_id, view.user_id, "DRAFT", view.cost, 0, None, [])
-    out = [_status(t, draft, "DRAFT", with_images=False)]
-    if view.status == "REJECTED":
-        return out + [_status(t, view, "REJECTED")]
+    draft = PackView(view.pack_id, view.user_id, PackState.DRAFT, view.cost, 0, None, [])
+    out = [_status(t, draft, PackState.DRAFT, with_images=False)]
+    if view.status == PackState.REJECTED:
+        return out + [_status(t, view, PackState.REJECTED)]
     out.append(_processing(t, view, specs))
     # Emitted again on redelivery (same event id): the first attempt may have died before sending it.
     out.append(_money(t, replace(view, money_moved=-view.cost), "debited", f"debit:{pack_id}"))
-    # The PROCESSING status is acknowledged before generation can see the pack, so every
-    # image event lands after it in packs.status.
+    # PROCESSING is handed to the producer before pack.accepted, so image events normally
+    # land after it in packs.status; only a retried produce batch can reorder the two
+    # topics, and the pack's later snapshots (from the ledger) put the images right again.
     return out + [Outgoing.of(t.packs_accepted, accepted, pack_id)]
 
 
 def _processing(t: Topics, view: PackView, specs: list[ImageSpec]) -> Outgoing:
     event = PackStatus(
-        event_id=stable_id(view.pack_id, "status", "PROCESSING", 0), pack_id=view.pack_id, user_id=view.user_id,
-        status="PROCESSING", cost=view.cost, charged=view.cost, refunded=0,
+        event_id=stable_id(view.pack_id, "status", PackState.PROCESSING, 0), pack_id=UUID(view.pack_id), user_id=view.user_id,
+        status=PackState.PROCESSING, cost=view.cost, charged=view.cost, refunded=0,
         images=[ImageEntry(image_id=s.image_id, kind=s.kind) for s in specs],
     )
     return Outgoing.of(t.packs_status, event, view.pack_id)
 
 
-def on_image_result(ev: Event, ledger: Ledger, t: Topics) -> list[Outgoing]:
+def on_image_result(ev: ImageResult, ledger: Ledger, t: Topics) -> list[Outgoing]:
     if isinstance(ev, ImageReplayed):
         view = ledger.reopen_image(str(ev.pack_id), ev.image_id, ev.run)
-        if view is None or view.status != "PROCESSING":
+        if view is None or view.status != PackState.PROCESSING:
             return []
-        return [_status(t, view, "PROCESSING", "reopened", ev.image_id, ev.run)]
-    assert isinstance(ev, (ImageCompleted, ImageFailed))
+        return [_status(t, view, PackState.PROCESSING, "reopened", ev.image_id, ev.run)]
     delivered = isinstance(ev, ImageCompleted)
     view = ledger.record_image(
         str(ev.pack_id), ev.image_id, run=ev.run, delivered=delivered, attempts=ev.attempts,
@@ -107,13 +105,14 @@ def on_image_result(ev: Event, ledger: Ledger, t: Topics) -> list[Outgoing]:
     # ids: that first handling may have committed the ledger and died before publishing.
     out: list[Outgoing] = []
     key = f"{ev.pack_id}:{ev.image_id}:{ev.run}"
-    reason, entry = ("recharged", "recharge") if delivered else ("refunded", "refund")
+    reason: MoneyReason = "recharged" if delivered else "refunded"
+    entry = "recharge" if delivered else "refund"
     moved = view.money_moved if view.created else ledger.entry_amount(f"{entry}:{key}")
     if moved:
         out.append(_money(t, replace(view, money_moved=moved), reason, f"{reason}:{key}", ev.image_id))
-        if view.status == "PROCESSING":  # live refund figures before the pack settles
-            out.append(_status(t, view, "PROCESSING", "money", key))
-    if view.status in ("COMPLETED", "PARTIAL", "FAILED"):
+        if view.status == PackState.PROCESSING:  # live refund figures before the pack settles
+            out.append(_status(t, view, PackState.PROCESSING, "money", key))
+    if view.status.terminal:
         out.append(_status(t, view, view.status, "settled", max(i.run for i in view.images)))
     return out
 
@@ -122,7 +121,7 @@ def redrive(ledger: Ledger, t: Topics, idle_s: float) -> list[Outgoing]:
     """Packs with pending images and no result for `idle_s` get their pack.accepted again
     (same event id). Generation reports images that already exist instead of making them
     again, and the ledger charges per image state, so this can only add missing work.
-    It guards invariant 1 against any consumer-side loss (see README)."""
+    It guards invariant 1 against any consumer-side loss (docs/architecture.md)."""
     out = []
     for raw in ledger.stalled(idle_s):
         accepted = PackAccepted.model_validate_json(raw)
@@ -130,7 +129,7 @@ def redrive(ledger: Ledger, t: Topics, idle_s: float) -> list[Outgoing]:
     return out
 
 
-def on_command(ev: Event, ledger: Ledger, t: Topics) -> list[Outgoing]:
+def on_command(ev: CreditsCommand, ledger: Ledger, t: Topics) -> list[Outgoing]:
     out: list[Outgoing] = []
     balance: int | None
     error = None
@@ -146,7 +145,6 @@ def on_command(ev: Event, ledger: Ledger, t: Topics) -> list[Outgoing]:
         except UnknownAccount:
             balance, error = None, f"unknown account {ev.user_id!r}"
     else:
-        assert isinstance(ev, BalanceQuery)
         balance = ledger.balance(ev.user_id)
         error = None if balance is not None else f"unknown account {ev.user_id!r}"
     reply = CreditsBalance(
@@ -155,10 +153,9 @@ def on_command(ev: Event, ledger: Ledger, t: Topics) -> list[Outgoing]:
     return out + [Outgoing.of(t.credits_events, reply, ev.user_id)]
 
 
-def _changed(t: Topics, ev: Event, reason: str, amount: int, balance: int) -> Outgoing:
-    user_id = ev.user_id  # type: ignore[attr-defined]
+def _changed(t: Topics, ev: CreditsCommand, reason: MoneyReason, amount: int, balance: int) -> Outgoing:
     event = CreditsChanged(
-        event_id=stable_id("money", ev.event_id), user_id=user_id, reason=reason,  # type: ignore[arg-type]
+        event_id=stable_id("money", ev.event_id), user_id=ev.user_id, reason=reason,
         amount=amount, balance=balance, command_id=ev.event_id,
     )
-    return Outgoing.of(t.credits_events, event, user_id)
+    return Outgoing.of(t.credits_events, event, ev.user_id)

@@ -8,13 +8,17 @@ price is currently held; the refund/recharge flips are conditional on it.
 
 from __future__ import annotations
 
+import sqlite3
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any, cast
 
 from sqlalchemy import (
     Boolean,
+    CursorResult,
     DateTime,
+    Enum,
     ForeignKey,
     Integer,
     String,
@@ -31,7 +35,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 
 from shared.errors import UnknownAccount
-from shared.events import ImageSpec
+from shared.events import ImageSpec, ImageState, MoneyReason, PackState
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 
@@ -42,6 +46,11 @@ def _now() -> datetime:
 
 class Base(DeclarativeBase):
     pass
+
+
+def _status_column(states: type[PackState] | type[ImageState]) -> Enum:
+    """A status stored as its name in a VARCHAR(16), read back as the enum."""
+    return Enum(states, native_enum=False, create_constraint=False, length=16, validate_strings=True)
 
 
 class Account(Base):
@@ -59,7 +68,7 @@ class LedgerEntry(Base):
     pack_id: Mapped[str | None] = mapped_column(String(36), index=True)
     image_id: Mapped[str | None] = mapped_column(String(64))
     amount: Mapped[int] = mapped_column(Integer)  # signed: + credits the account, - charges it
-    reason: Mapped[str] = mapped_column(String(32))
+    reason: Mapped[MoneyReason] = mapped_column(String(32))
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=_now)
 
 
@@ -68,7 +77,7 @@ class Pack(Base):
     pack_id: Mapped[str] = mapped_column(String(36), primary_key=True)
     user_id: Mapped[str] = mapped_column(String(64), index=True)
     cost: Mapped[int] = mapped_column(Integer)
-    status: Mapped[str] = mapped_column(String(16))
+    status: Mapped[PackState] = mapped_column(_status_column(PackState))
     reason: Mapped[str | None] = mapped_column(String(500))
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=_now)
     accepted_event: Mapped[str | None] = mapped_column(Text)
@@ -81,7 +90,7 @@ class PackImage(Base):
     image_id: Mapped[str] = mapped_column(String(64), primary_key=True)
     kind: Mapped[str] = mapped_column(String(32))
     cost: Mapped[int] = mapped_column(Integer)
-    status: Mapped[str] = mapped_column(String(16), default="PENDING")
+    status: Mapped[ImageState] = mapped_column(_status_column(ImageState), default=ImageState.PENDING)
     charged: Mapped[bool] = mapped_column(Boolean)
     run: Mapped[int] = mapped_column(Integer, default=0)
     attempts: Mapped[int] = mapped_column(Integer, default=0)
@@ -95,7 +104,7 @@ class PackView:
 
     pack_id: str
     user_id: str
-    status: str
+    status: PackState
     cost: int
     charged: int
     reason: str | None
@@ -106,7 +115,7 @@ class PackView:
 
     @property
     def refunded(self) -> int:
-        return self.cost - self.charged if self.status != "REJECTED" else 0
+        return self.cost - self.charged if self.status != PackState.REJECTED else 0
 
 
 class Ledger:
@@ -166,20 +175,20 @@ class Ledger:
         cost = sum(s.cost for s in specs)
         try:
             with self.sessions.begin() as s:
-                pack = Pack(pack_id=pack_id, user_id=user_id, cost=cost, status="PROCESSING", accepted_event=accepted_event)
+                pack = Pack(pack_id=pack_id, user_id=user_id, cost=cost, status=PackState.PROCESSING, accepted_event=accepted_event)
                 s.add(pack)
                 s.flush()  # the primary key is the idempotency guard: a duplicate fails here
                 if s.get(Account, user_id) is None:
-                    pack.status, pack.reason = "REJECTED", f"unknown account {user_id!r}"
+                    pack.status, pack.reason = PackState.REJECTED, f"unknown account {user_id!r}"
                     return self._view(s, pack, created=True)
                 # Conditional update: two credits instances can never overdraw the account.
-                debited = s.execute(
+                debited = cast(CursorResult[Any], s.execute(  # an UPDATE's result: it has a rowcount
                     update(Account)
                     .where(Account.user_id == user_id, Account.balance >= cost)
                     .values(balance=Account.balance - cost)
-                ).rowcount  # type: ignore[attr-defined]
-                if not debited:
-                    pack.status = "REJECTED"
+                ))
+                if not debited.rowcount:
+                    pack.status = PackState.REJECTED
                     pack.reason = f"insufficient credits: pack costs {cost}, balance {self._balance(s, user_id)}"
                     return self._view(s, pack, created=True)
                 s.add(LedgerEntry(entry_key=f"debit:{pack_id}", user_id=user_id, pack_id=pack_id, amount=-cost, reason="debited"))
@@ -205,24 +214,25 @@ class Ledger:
             img = s.get(PackImage, (pack_id, image_id), with_for_update=True)
             if pack is None or img is None:
                 return None
-            if run < img.run or img.status == "COMPLETED" or (img.status == "FAILED" and run == img.run and not delivered):
+            repeated_failure = img.status == ImageState.FAILED and run == img.run and not delivered
+            if run < img.run or img.status == ImageState.COMPLETED or repeated_failure:
                 return self._view(s, pack, created=False)
             img.run, img.attempts = run, attempts
             pack.updated_at = _now()
             moved = 0
             if delivered:
-                img.status, img.url, img.error = "COMPLETED", url, None
+                img.status, img.url, img.error = ImageState.COMPLETED, url, None
                 if not img.charged:
                     moved = self._move(s, pack, img, -img.cost, "recharged", f"recharge:{pack_id}:{image_id}:{run}")
             else:
-                img.status, img.error = "FAILED", error
+                img.status, img.error = ImageState.FAILED, error
                 if img.charged:
                     moved = self._move(s, pack, img, img.cost, "refunded", f"refund:{pack_id}:{image_id}:{run}")
             img.charged = delivered
             images = list(s.scalars(select(PackImage).where(PackImage.pack_id == pack_id)))
-            if all(i.status in ("COMPLETED", "FAILED") for i in images):
-                done = sum(i.status == "COMPLETED" for i in images)
-                pack.status = "COMPLETED" if done == len(images) else "PARTIAL" if done else "FAILED"
+            if all(i.status.finished for i in images):
+                done = sum(i.status == ImageState.COMPLETED for i in images)
+                pack.status = PackState.COMPLETED if done == len(images) else PackState.PARTIAL if done else PackState.FAILED
             s.flush()
             return self._view(s, pack, created=True, money_moved=moved)
 
@@ -233,10 +243,10 @@ class Ledger:
             img = s.get(PackImage, (pack_id, image_id), with_for_update=True)
             if pack is None or img is None:
                 return None
-            if run <= img.run or img.status != "FAILED":
+            if run <= img.run or img.status != ImageState.FAILED:
                 return self._view(s, pack, created=False)
-            img.run, img.status, img.attempts, img.error = run, "PENDING", 0, None
-            pack.status, pack.updated_at = "PROCESSING", _now()
+            img.run, img.status, img.attempts, img.error = run, ImageState.PENDING, 0, None
+            pack.status, pack.updated_at = PackState.PROCESSING, _now()
             s.flush()
             return self._view(s, pack, created=True)
 
@@ -245,9 +255,9 @@ class Ledger:
         their idle clock restarts, so each is driven again at most once per `idle_s`."""
         cutoff = datetime.fromtimestamp(_now().timestamp() - idle_s, UTC)
         with self.sessions.begin() as s:
-            pending = select(PackImage.pack_id).where(PackImage.status == "PENDING")
+            pending = select(PackImage.pack_id).where(PackImage.status == ImageState.PENDING)
             packs = list(s.scalars(
-                select(Pack).where(Pack.status == "PROCESSING", Pack.updated_at < cutoff, Pack.pack_id.in_(pending),
+                select(Pack).where(Pack.status == PackState.PROCESSING, Pack.updated_at < cutoff, Pack.pack_id.in_(pending),
                                    Pack.accepted_event.is_not(None)).limit(limit).with_for_update()
             ))
             for pack in packs:
@@ -260,7 +270,7 @@ class Ledger:
             return self._view(s, pack) if pack else None
 
     # --- helpers --------------------------------------------------------------------
-    def _move(self, s: Session, pack: Pack, img: PackImage, amount: int, reason: str, key: str) -> int:
+    def _move(self, s: Session, pack: Pack, img: PackImage, amount: int, reason: MoneyReason, key: str) -> int:
         s.add(LedgerEntry(entry_key=key, user_id=pack.user_id, pack_id=pack.pack_id, image_id=img.image_id, amount=amount, reason=reason))
         s.execute(update(Account).where(Account.user_id == pack.user_id).values(balance=Account.balance + amount))
         return amount
@@ -285,6 +295,71 @@ class Ledger:
         with self.sessions() as s:
             return int(s.scalar(select(func.coalesce(func.sum(LedgerEntry.amount), 0)).where(LedgerEntry.pack_id == pack_id)) or 0)
 
+    # --- audit ----------------------------------------------------------------------
+    def audit_view(self) -> LedgerAudit:
+        """Everything the ledger holds, as plain values, read in one session: what
+        `packline audit` reconciles with the topics."""
+        with self.sessions() as s:
+            # Packs before their images: a pack read as terminal has all its outcomes in what follows.
+            packs = {
+                p.pack_id: AuditPack(
+                    pack_id=p.pack_id, user_id=p.user_id, status=p.status, cost=p.cost,
+                    created_at=p.created_at.replace(tzinfo=p.created_at.tzinfo or UTC),  # SQLite keeps no zone: it is UTC
+                    images=[],
+                )
+                for p in s.scalars(select(Pack))
+            }
+            for img in s.scalars(select(PackImage)):
+                if img.pack_id in packs:
+                    packs[img.pack_id].images.append(AuditImage(image_id=img.image_id, status=img.status, cost=img.cost))
+            entries = [
+                AuditEntry(user_id=e.user_id, pack_id=e.pack_id, image_id=e.image_id, amount=e.amount, reason=e.reason)
+                for e in s.scalars(select(LedgerEntry))
+            ]
+            accounts = [AuditAccount(user_id=a.user_id, balance=a.balance) for a in s.scalars(select(Account))]
+        return LedgerAudit(packs=packs, entries=entries, accounts=accounts)
+
+
+@dataclass(frozen=True)
+class AuditImage:
+    image_id: str
+    status: str
+    cost: int
+
+
+@dataclass(frozen=True)
+class AuditPack:
+    pack_id: str
+    user_id: str
+    status: str
+    cost: int
+    created_at: datetime  # timezone-aware
+    images: list[AuditImage]
+
+
+@dataclass(frozen=True)
+class AuditEntry:
+    user_id: str
+    pack_id: str | None
+    image_id: str | None
+    amount: int  # signed: + credits the account, - charges it
+    reason: str
+
+
+@dataclass(frozen=True)
+class AuditAccount:
+    user_id: str
+    balance: int
+
+
+@dataclass(frozen=True)
+class LedgerAudit:
+    """A snapshot of the ledger: packs by id (with their images), every entry, every account."""
+
+    packs: dict[str, AuditPack]
+    entries: list[AuditEntry]
+    accounts: list[AuditAccount]
+
 
 def _engine_args(url: str) -> dict[str, object]:
     if url.startswith("sqlite"):
@@ -292,9 +367,9 @@ def _engine_args(url: str) -> dict[str, object]:
     return {"pool_pre_ping": True}
 
 
-def _sqlite_pragmas(dbapi_conn: object, _record: object) -> None:
-    dbapi_conn.isolation_level = None  # type: ignore[attr-defined]  # pysqlite must not BEGIN on its own
-    cur = dbapi_conn.cursor()  # type: ignore[attr-defined]
+def _sqlite_pragmas(dbapi_conn: sqlite3.Connection, _record: object) -> None:
+    dbapi_conn.isolation_level = None  # pysqlite must not BEGIN on its own
+    cur = dbapi_conn.cursor()
     cur.execute("PRAGMA journal_mode=WAL")
     cur.execute("PRAGMA synchronous=NORMAL")
     cur.execute("PRAGMA foreign_keys=ON")

@@ -1,35 +1,35 @@
 """generation worker: fans accepted packs out to image jobs and runs them.
 
-Wiring only: logic in handlers.py, the job runner in jobs.py, the fair job scheduler in
-scheduler.py (pure parts in scheduling.py), retry tiers in retry.py.
+Wiring only: logic in handlers.py, the job runner in jobs.py, the fair job scheduler that
+reads images.jobs in consumer.py (its pure parts in scheduling.py), retry tiers in retry.py,
+claims on images in flight in claims.py.
 """
 
 from __future__ import annotations
 
-from typing import Any
-
-from starlette.applications import Starlette
+from fastapi import FastAPI
 
 from services.generation import handlers
 from services.generation.backends import make_backend
+from services.generation.claims import ClaimingImageStore
+from services.generation.consumer import JobScheduler
 from services.generation.jobs import JobRunner
 from services.generation.retry import RetryForwarder
-from services.generation.scheduler import JobScheduler
 from services.generation.scheduling import ProviderLimiter
 from services.generation.settings import Settings
-from services.generation.storage import ImageStore
 from shared.consumer import OrderedConsumer, Record
-from shared.events import Event, PackAccepted
+from shared.events import PackAccepted
 from shared.kafka import Publisher
-from shared.worker import guard, worker_app
+from shared.topics import PACKS_ACCEPTED
+from shared.worker import Route, dispatch, worker_app
 
 
-def build(settings: Settings) -> Starlette:
+def build(settings: Settings) -> FastAPI:
     t = settings.topics
     publisher = Publisher(settings.kafka_bootstrap_servers, "packline-generation")
     policy = handlers.RetryPolicy(settings.retry_max_attempts, settings.retry_base_delay_s, settings.retry_max_delay_s)
     limiter = ProviderLimiter(settings.images_per_minute, settings.images_burst)
-    store = ImageStore(settings.images_dir, settings.api_public_url)
+    store = ClaimingImageStore(settings.images_dir, settings.api_public_url)
     runner = JobRunner(make_backend(settings), store, publisher, t, policy, limiter)
     scheduler = JobScheduler(
         settings, runner, limiter, publisher, concurrency=settings.generation_concurrency,
@@ -37,15 +37,12 @@ def build(settings: Settings) -> Starlette:
     )
     forwarder = RetryForwarder(settings.kafka_bootstrap_servers, f"{settings.topic_prefix}packline-generation-retry", t, publisher)
 
-    async def accepted(ev: Event, _record: Any) -> None:
-        assert isinstance(ev, PackAccepted)
+    async def accepted(ev: PackAccepted, _record: Record) -> None:
         await publisher.enqueue(handlers.fan_out(ev, t))  # acked before the batch is committed
 
-    async def dispatch(record: Record) -> None:
-        await guard(record, (PackAccepted,), accepted, publisher, settings)
-
+    topics, one = dispatch([Route(PACKS_ACCEPTED, accepted)], publisher, settings)
     packs = OrderedConsumer(
-        settings.kafka_bootstrap_servers, f"{settings.topic_prefix}packline-generation", [t.packs_accepted], dispatch,
+        settings.kafka_bootstrap_servers, f"{settings.topic_prefix}packline-generation", topics, one,
         before_commit=publisher.flush,
     )
 

@@ -11,7 +11,7 @@ import math
 import random
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
-from typing import Protocol
+from typing import Any, Protocol, cast
 
 import openai
 from PIL import Image, ImageDraw
@@ -89,7 +89,8 @@ class OpenAIBackend:
     async def generate(self, job: ImageJob) -> bytes:
         try:
             response = await self.client.images.generate(
-                model=self.model, prompt=job.prompt, size=f"{job.width}x{job.height}", n=1,  # type: ignore[arg-type]
+                # The provider judges the size; the client's type lists only today's sizes.
+                model=self.model, prompt=job.prompt, size=cast(Any, f"{job.width}x{job.height}"), n=1,
             )
         except (openai.APITimeoutError, openai.APIConnectionError) as exc:
             raise TransientImageError(f"image API unreachable: {exc}") from exc

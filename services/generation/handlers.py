@@ -11,6 +11,7 @@ import random
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Any
 
 from shared.errors import PermanentImageError, TransientImageError
 from shared.events import (
@@ -18,6 +19,7 @@ from shared.events import (
     ImageEntry,
     ImageFailed,
     ImageJob,
+    ImageState,
     ImageStatus,
     PackAccepted,
     Product,
@@ -82,8 +84,14 @@ def fan_out(ev: PackAccepted, t: Topics) -> list[Outgoing]:
     ]
 
 
-def _image_status(t: Topics, job: ImageJob, status: str, **fields: object) -> Outgoing:
-    entry = ImageEntry(image_id=job.image_id, kind=job.kind, status=status, attempts=job.attempt, **fields)  # type: ignore[arg-type]
+def _image_status(
+    t: Topics, job: ImageJob, status: ImageState, *, url: str | None = None, error: str | None = None,
+    next_attempt_at: datetime | None = None,
+) -> Outgoing:
+    entry = ImageEntry(
+        image_id=job.image_id, kind=job.kind, status=status, attempts=job.attempt, url=url, error=error,
+        next_attempt_at=next_attempt_at,
+    )
     event = ImageStatus(
         event_id=stable_id(job.pack_id, job.image_id, job.run, job.attempt, status),
         pack_id=job.pack_id, user_id=job.user_id, image=entry, run=job.run,
@@ -92,18 +100,19 @@ def _image_status(t: Topics, job: ImageJob, status: str, **fields: object) -> Ou
 
 
 def generating(job: ImageJob, t: Topics) -> Outgoing:
-    return _image_status(t, job, "GENERATING")
+    return _image_status(t, job, ImageState.GENERATING)
 
 
 def succeeded(job: ImageJob, url: str, t: Topics) -> list[Outgoing]:
-    # The image's status goes to packs.status before its result reaches credits, so the
-    # pack's terminal status (from credits) is always after it in the same partition.
+    # The image's status is handed to the producer before its result, so the pack's
+    # terminal status (from credits) normally follows it in the same partition; a retried
+    # produce batch can reorder them, and that terminal snapshot carries every image anyway.
     done = ImageCompleted(
         event_id=stable_id(job.pack_id, job.image_id, job.run, "completed"), pack_id=job.pack_id,
         user_id=job.user_id, image_id=job.image_id, kind=job.kind, run=job.run, attempts=job.attempt,
         url=url, cost=job.cost,
     )
-    return [_image_status(t, job, "COMPLETED", url=url), Outgoing.of(t.images_results, done, job.pack_id)]
+    return [_image_status(t, job, ImageState.COMPLETED, url=url), Outgoing.of(t.images_results, done, job.pack_id)]
 
 
 def failed(
@@ -116,7 +125,13 @@ def failed(
     original_topic = header(headers, "x-original-topic") or source_topic
     error_type = type(exc).__name__
     error = str(exc) or error_type
-    common = dict(error=error, error_type=error_type, original_topic=original_topic, first_failed_at_ms=first_failed)
+
+    def failure(extra: dict[str, Any] | None = None) -> Headers:
+        return failure_headers(
+            attempts=job.attempt, error=error, error_type=error_type, original_topic=original_topic,
+            first_failed_at_ms=first_failed, extra=extra,
+        )
+
     if isinstance(exc, TransientImageError) and job.attempt < policy.max_attempts:
         delay = policy.delay(job.attempt, rng, exc.retry_after_s)
         due_ms = int((now + delay) * 1000)
@@ -125,10 +140,10 @@ def failed(
             "event_id": stable_id(job.pack_id, job.image_id, job.run, "job", job.attempt + 1),
         })
         extra = {"x-due-at": due_ms, "x-original-partition": header(headers, "x-original-partition")}
-        hdrs = failure_headers(attempts=job.attempt, extra=extra, **common)  # type: ignore[arg-type]
+        hdrs = failure(extra)
         next_at = datetime.fromtimestamp(math.ceil(due_ms / 1000), UTC)
         return [
-            _image_status(t, job, "RETRYING", error=error, next_attempt_at=next_at),
+            _image_status(t, job, ImageState.RETRYING, error=error, next_attempt_at=next_at),
             Outgoing(t.retry(tier_for(delay)), retry.encode(), str(job.pack_id).encode(), hdrs),
         ]
     if not isinstance(exc, (TransientImageError, PermanentImageError)):
@@ -140,7 +155,7 @@ def failed(
         error_type=error_type, cost=job.cost,
     )
     return [
-        Outgoing(t.images_dlq, job.encode(), str(job.pack_id).encode(), failure_headers(attempts=job.attempt, **common)),  # type: ignore[arg-type]
-        _image_status(t, job, "FAILED", error=reason),
+        Outgoing(t.images_dlq, job.encode(), str(job.pack_id).encode(), failure()),
+        _image_status(t, job, ImageState.FAILED, error=reason),
         Outgoing.of(t.images_results, lost, job.pack_id),
     ]

@@ -2,7 +2,7 @@
 to the retry policy. It never sleeps on a retry: the job leaves through a retry topic.
 It pays the provider once per image: a finished image is reported again, a copy of a
 running job waits for it, and images whose partition moves mid-generation are claimed
-(storage.py) so that their next owner waits too."""
+(claims.py) so that their next owner waits too."""
 
 from __future__ import annotations
 
@@ -19,8 +19,8 @@ from prometheus_client import Counter, Histogram
 
 from services.generation import handlers
 from services.generation.backends import ImageBackend
+from services.generation.claims import CLAIM_REFRESH_S, ClaimingImageStore
 from services.generation.scheduling import ProviderLimiter
-from services.generation.storage import CLAIM_REFRESH_S, ImageStore
 from shared.events import ImageJob
 from shared.kafka import Publisher
 from shared.topics import Topics
@@ -32,7 +32,7 @@ BACKEND_SECONDS = Histogram("packline_backend_seconds", "image backend latency")
 
 class JobRunner:
     def __init__(
-        self, backend: ImageBackend, store: ImageStore, publisher: Publisher, topics: Topics,
+        self, backend: ImageBackend, store: ClaimingImageStore, publisher: Publisher, topics: Topics,
         policy: handlers.RetryPolicy, limiter: ProviderLimiter | None = None, rng: random.Random | None = None,
     ) -> None:
         self.backend, self.store, self.publisher, self.topics = backend, store, publisher, topics

@@ -11,24 +11,13 @@ from __future__ import annotations
 import logging
 import time
 
-from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
+from aiokafka import TopicPartition
 
-from shared.kafka import ConsumerLoop, Outgoing, Publisher, header
+from shared.consumer import ConsumerLoop, Rebalance, group_member
+from shared.kafka import Outgoing, Publisher, header
 from shared.topics import Topics
 
 log = logging.getLogger("packline.retry")
-
-
-class _Forget(ConsumerRebalanceListener):  # type: ignore[misc]
-    def __init__(self, waiting: dict[TopicPartition, int]) -> None:
-        self.waiting = waiting
-
-    async def on_partitions_revoked(self, revoked: list[TopicPartition]) -> None:
-        for tp in revoked:
-            self.waiting.pop(tp, None)
-
-    async def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
-        pass
 
 
 class RetryForwarder(ConsumerLoop):
@@ -39,13 +28,14 @@ class RetryForwarder(ConsumerLoop):
         self.bootstrap, self.group = bootstrap, group
 
     async def start(self) -> None:
-        self.consumer = AIOKafkaConsumer(
-            bootstrap_servers=self.bootstrap, group_id=self.group, enable_auto_commit=False,
-            auto_offset_reset="earliest", client_id=f"{self.group}-consumer",
-        )
+        self.consumer = group_member(self.bootstrap, self.group)
         await self.consumer.start()
-        self.consumer.subscribe(self.topics.retry_topics, listener=_Forget(self.waiting))
+        self.consumer.subscribe(self.topics.retry_topics, listener=Rebalance(revoked=self._forget))
         self.spawn()
+
+    async def _forget(self, revoked: list[TopicPartition]) -> None:
+        for tp in revoked:
+            self.waiting.pop(tp, None)
 
     async def step(self) -> None:
         assert self.consumer is not None

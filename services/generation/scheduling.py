@@ -1,6 +1,6 @@
 """The pure parts of the image-job scheduler: who goes next, what may be committed, and how
 fast the provider may be called. No Kafka and no clock of their own, so they are tested in
-memory (tests/unit/test_scheduling.py); scheduler.py wires them to the consumer."""
+memory (tests/unit/test_scheduling.py); consumer.py wires them to the images.jobs consumer."""
 
 from __future__ import annotations
 

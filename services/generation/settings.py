@@ -16,7 +16,7 @@ class Settings(CommonSettings):
     local_image_latency_ms: int = Field(default=1500, ge=0)
     local_image_jitter_ms: int = Field(default=0, ge=0)  # each image takes latency ± jitter, like a real model
     local_image_failure_rate: float = Field(default=0.0, ge=0.0, le=1.0)
-    # Test and chaos knobs of the local backend (extensions, see README):
+    # Test and chaos knobs of the local backend (docs/contract.md, "Configuration"):
     local_image_fail_first: int = Field(default=0, ge=0)  # transient failures before success, per image
     local_image_permanent_fail_kinds: str = ""  # comma-separated kinds that always fail permanently
     # "placeholder": an 8x8 PNG instead of rendering the full size, so a benchmark measures

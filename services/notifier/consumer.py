@@ -8,9 +8,10 @@ import asyncio
 import logging
 
 from services.notifier.state import Store
+from shared.consumer import ConsumerLoop, read_from_start
 from shared.errors import InvalidMessage
-from shared.events import ImageStatus, PackStatus, decode
-from shared.kafka import ConsumerLoop, read_from_start
+from shared.events import decode
+from shared.topics import PACKS_STATUS
 
 log = logging.getLogger("packline.notifier")
 
@@ -43,7 +44,7 @@ class StatusFeed(ConsumerLoop):
             for m in messages:
                 self.store.at(m.partition, m.offset)
                 try:
-                    self.store.apply(decode(m.value, (PackStatus, ImageStatus)))
+                    self.store.apply(decode(m.value, PACKS_STATUS.events))
                 except InvalidMessage as exc:
                     # The workers that consume this topic dead-letter it; here it is only skipped.
                     log.warning("skipping %s[%s]@%s: %s", m.topic, m.partition, m.offset, exc)

@@ -20,7 +20,8 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from shared.events import TERMINAL_PACK, Event, ImageStatus, PackStatus
+from shared.events import PackState, PackStatus
+from shared.topics import PackFeed
 
 Cursor = dict[int, int]  # packs.status partition -> last position delivered
 
@@ -35,11 +36,11 @@ class Rendered:
 
 
 @dataclass
-class PackState:
+class PackView:
     pack_id: str
     user_id: str
     created_at: datetime
-    status: str = "DRAFT"
+    status: PackState = PackState.DRAFT
     cost: int = 0
     charged: int = 0
     refunded: int = 0
@@ -55,7 +56,7 @@ class PackState:
 
     @property
     def terminal(self) -> bool:
-        return self.status in TERMINAL_PACK
+        return self.status.terminal
 
     def snapshot(self) -> dict[str, Any]:
         return {
@@ -77,7 +78,7 @@ class PackState:
 class Store:
     def __init__(self, history_limit: int) -> None:
         self.history_limit = history_limit
-        self.packs: dict[str, PackState] = {}
+        self.packs: dict[str, PackView] = {}
         self.by_user: dict[str, set[str]] = {}
         self.user_changed: dict[str, asyncio.Event] = {}
         self.pack_appeared = asyncio.Event()
@@ -94,13 +95,11 @@ class Store:
         self.applied[partition] = offset + 1
         self._at, self._rendered = (partition, offset), 0
 
-    def apply(self, ev: Event) -> PackState | None:
-        if not isinstance(ev, (PackStatus, ImageStatus)):
-            return None
+    def apply(self, ev: PackFeed) -> PackView | None:
         pack_id = str(ev.pack_id)
         pack = self.packs.get(pack_id)
         if pack is None:
-            pack = PackState(pack_id=pack_id, user_id=ev.user_id, created_at=ev.occurred_at, partition=self._at[0])
+            pack = PackView(pack_id=pack_id, user_id=ev.user_id, created_at=ev.occurred_at, partition=self._at[0])
             self.packs[pack_id] = pack
             self.by_user.setdefault(ev.user_id, set()).add(pack_id)
             self.pack_appeared = _renew(self.pack_appeared)
@@ -118,14 +117,14 @@ class Store:
         else:
             image = ev.image.model_dump(mode="json")
             pack.images[ev.image.image_id] = image
-            if pack.terminal and image["status"] not in ("COMPLETED", "FAILED"):
+            if pack.terminal and not ev.image.status.finished:
                 # A replayed image reopens its pack, even before credits says so.
-                pack.status = "PROCESSING"
+                pack.status = PackState.PROCESSING
                 self._record(pack, "pack", pack.snapshot)
             self._record(pack, "image", lambda: {**image, "pack_id": pack_id})
         return pack
 
-    def _record(self, pack: PackState, name: str, render: Any) -> None:
+    def _record(self, pack: PackView, name: str, render: Any) -> None:
         pack.seq += 1
         data = render()
         data["seq"] = pack.seq
@@ -136,7 +135,7 @@ class Store:
             pack.trimmed = pack.history.popleft().position
         self._wake(pack)
 
-    def _wake(self, pack: PackState) -> None:
+    def _wake(self, pack: PackView) -> None:
         pack.changed = _renew(pack.changed)
         if pack.user_id in self.user_changed:
             self.user_changed[pack.user_id] = _renew(self.user_changed[pack.user_id])
@@ -151,7 +150,7 @@ class Store:
     def user_event(self, user_id: str) -> asyncio.Event:
         return self.user_changed.setdefault(user_id, asyncio.Event())
 
-    async def wait_for_pack(self, pack_id: str, timeout: float) -> PackState | None:
+    async def wait_for_pack(self, pack_id: str, timeout: float) -> PackView | None:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
         while (pack := self.packs.get(pack_id)) is None:

@@ -7,7 +7,7 @@ from collections.abc import AsyncIterator, Callable
 
 from sse_starlette import ServerSentEvent
 
-from services.notifier.state import Cursor, PackState, Rendered, Store
+from services.notifier.state import Cursor, PackView, Rendered, Store
 
 Allowed = Callable[[], bool]
 
@@ -20,7 +20,7 @@ def revoked() -> ServerSentEvent:
     return ServerSentEvent(json.dumps({"reason": "API key revoked"}), event="revoked")
 
 
-async def pack_events(pack: PackState, last_event_id: str | None, allowed: Allowed = _always) -> AsyncIterator[ServerSentEvent]:
+async def pack_events(pack: PackView, last_event_id: str | None, allowed: Allowed = _always) -> AsyncIterator[ServerSentEvent]:
     """`allowed` is asked after every wake-up: a revocation wakes the user's streams."""
     last = _parse(last_event_id)
     if last is None or pack.after(last) is None:

@@ -21,8 +21,9 @@ from pathlib import Path
 import httpx
 
 from shared.client import request_pack
+from shared.consumer import read_from_start
 from shared.events import ImageStatus, PackStatus, Product, decode
-from shared.kafka import Publisher, read_from_start
+from shared.kafka import Publisher
 from tests.bench.common import run_with_broker
 from tests.harness import RunningStack
 

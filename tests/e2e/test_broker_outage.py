@@ -1,4 +1,4 @@
-"""Issue 4: while Kafka is down the api answers 503 (nothing charged, no hang); when it
+"""While Kafka is down the api answers 503 (nothing charged, no hang); when it
 is back the workers carry on by themselves and no accepted pack is lost."""
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ async def test_api_503_during_outage_and_recovery_after(tmp_path: Path) -> None:
     broker = Broker(tmp_path / "kafka", free_port(), free_port())
     await asyncio.to_thread(broker.start, 120)
     try:
-        # Redrive on a short clock: the outage lands while images are in flight (README, "Redrive").
+        # Redrive on a short clock: the outage lands while images are in flight (docs/architecture.md, "Redrive").
         with RunningStack.started(broker.bootstrap, tmp_path / "stack", API_KAFKA_TIMEOUT_S="2", LOCAL_IMAGE_LATENCY_MS="1000",
                                   REDRIVE_AFTER_S="10", REDRIVE_EVERY_S="2") as s:
             user = await s.create_user(credits=12)

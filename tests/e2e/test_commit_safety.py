@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
-from services.generation.scheduler import group_id
+from services.generation.consumer import group_id
 from shared.events import decode
 from tests.fake_images_api import FakeImagesApi
 from tests.harness import RunningStack

@@ -1,4 +1,4 @@
-"""Issue 5: retries through retry topics, dead letters, exactly-once refunds, replay,
+"""Retries through retry topics, dead letters, exactly-once refunds, replay,
 poison messages. Services run as separate processes on the real broker."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Issue 4, fair sharing: one user's backlog does not hold back another user's pack, and
+"""Fair sharing: one user's backlog does not hold back another user's pack, and
 the provider's images-per-minute limit holds for the whole deployment, across processes."""
 
 from __future__ import annotations
@@ -12,8 +12,9 @@ from pathlib import Path
 import pytest
 
 from shared.client import request_pack
+from shared.consumer import read_from_start
 from shared.events import PackStatus, Product, decode
-from shared.kafka import Publisher, read_from_start
+from shared.kafka import Publisher
 from tests.fake_images_api import FakeImagesApi
 from tests.harness import RunningStack
 

@@ -1,4 +1,4 @@
-"""Issue 4: SIGTERM on a generation process with images in flight loses none and makes
+"""SIGTERM on a generation process with images in flight loses none and makes
 none twice. Within GENERATION_SHUTDOWN_GRACE_S the images in flight finish before the
 process exits; past it, unfinished jobs are not committed and the restarted process takes
 them up."""

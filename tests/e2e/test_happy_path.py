@@ -1,4 +1,4 @@
-"""Issue 2: one pack end to end through four separate processes on the real broker."""
+"""One pack end to end through four separate processes on the real broker."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Issue 3: resumable SSE (also across a notifier restart), per-user isolation, tokens,
+"""Resumable SSE (also across a notifier restart), per-user isolation, tokens,
 key revocation, the all-packs stream."""
 
 from __future__ import annotations

@@ -7,13 +7,13 @@ import os
 import time
 from pathlib import Path
 
-from services.generation.storage import CLAIM_STALE_S, ImageStore
+from services.generation.claims import CLAIM_STALE_S, ClaimingImageStore
 
 PACK = "0b6e4d8e-5f2a-4c1e-9d3b-2a7f6c5e4d3c"
 
 
 def test_a_fresh_claim_is_held_by_its_owner_until_released(tmp_path: Path) -> None:
-    store = ImageStore(tmp_path, "http://api")
+    store = ClaimingImageStore(tmp_path, "http://api")
     assert not store.held_by_other(PACK, "main", "B")
     store.claim(PACK, "main", "A")
     assert store.held_by_other(PACK, "main", "B")
@@ -26,7 +26,7 @@ def test_a_fresh_claim_is_held_by_its_owner_until_released(tmp_path: Path) -> No
 
 
 def test_a_claim_its_owner_stopped_refreshing_is_ignored(tmp_path: Path) -> None:
-    store = ImageStore(tmp_path, "http://api")
+    store = ClaimingImageStore(tmp_path, "http://api")
     store.claim(PACK, "main", "A")
     claim = next(tmp_path.rglob(".main.claim"))
     past = time.time() - CLAIM_STALE_S - 1

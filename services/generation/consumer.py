@@ -14,17 +14,17 @@ import contextlib
 import logging
 import time
 from dataclasses import dataclass
-from typing import Any
 
-from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
+from aiokafka import TopicPartition
 from prometheus_client import Gauge
 
 from services.generation.jobs import JobRunner
 from services.generation.scheduling import FairQueue, OffsetTracker, ProviderLimiter
-from shared.consumer import Record, member_options
-from shared.events import Event, ImageJob
-from shared.kafka import ConsumerLoop, Publisher
+from shared.consumer import ConsumerLoop, Rebalance, Record, group_member
+from shared.events import ImageJob
+from shared.kafka import Publisher
 from shared.settings import CommonSettings
+from shared.topics import IMAGES_JOBS
 from shared.worker import decode_or_dead_letter, handle
 
 log = logging.getLogger("packline.scheduler")
@@ -44,17 +44,6 @@ class Queued:
     job: ImageJob
 
 
-class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
-    def __init__(self, scheduler: JobScheduler) -> None:
-        self.scheduler = scheduler
-
-    async def on_partitions_revoked(self, revoked: list[TopicPartition]) -> None:
-        await self.scheduler.on_revoked(set(revoked))
-
-    async def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
-        await self.scheduler.on_assigned(assigned)
-
-
 class JobScheduler(ConsumerLoop):
     name = "images-jobs"
     commit_every_s = 0.5
@@ -64,7 +53,7 @@ class JobScheduler(ConsumerLoop):
         concurrency: int, prefetch: int, shutdown_grace_s: float,
     ) -> None:
         self.settings, self.runner, self.limiter, self.publisher = settings, runner, limiter, publisher
-        self.topic = settings.topics.images_jobs
+        self.topic = settings.topics.name(IMAGES_JOBS)
         self.group = group_id(settings.topic_prefix)
         self.concurrency, self.prefetch, self.shutdown_grace_s = concurrency, prefetch, shutdown_grace_s
         self.queue: FairQueue[Queued] = FairQueue()
@@ -78,11 +67,9 @@ class JobScheduler(ConsumerLoop):
         self._last_commit = 0.0
 
     async def start(self) -> None:
-        self.consumer = AIOKafkaConsumer(
-            bootstrap_servers=self.settings.kafka_bootstrap_servers, **member_options(self.group),  # type: ignore[arg-type]
-        )
+        self.consumer = group_member(self.settings.kafka_bootstrap_servers, self.group)
         await self.consumer.start()
-        self.consumer.subscribe([self.topic], listener=_Rebalance(self))
+        self.consumer.subscribe([self.topic], listener=Rebalance(revoked=self.on_revoked, assigned=self.on_assigned))
         self._workers = [asyncio.create_task(self._work(), name=f"images-jobs-{i}") for i in range(self.concurrency)]
         self.spawn()
 
@@ -113,8 +100,8 @@ class JobScheduler(ConsumerLoop):
         for tp, records in batches.items():
             for record in records:
                 self.offsets.fetched(tp, record.offset)
-                typed = await decode_or_dead_letter(record, (ImageJob,), self.publisher, self.settings)
-                if isinstance(typed, ImageJob):
+                typed = await decode_or_dead_letter(record, IMAGES_JOBS, self.publisher, self.settings)
+                if typed is not None:
                     self.queue.put(typed.user_id, Queued(tp, record, typed))
                 else:
                     self.offsets.done(tp, record.offset)  # on invalid.dlq now
@@ -137,8 +124,7 @@ class JobScheduler(ConsumerLoop):
                 if not self.running:
                     self._idle.set()
 
-    async def _job(self, ev: Event, record: Any) -> None:
-        assert isinstance(ev, ImageJob)
+    async def _job(self, ev: ImageJob, record: Record) -> None:
         tp = TopicPartition(record.topic, record.partition)
         inherited = record.offset < self.inherited_until.get(tp, record.offset + 1)
         await self.runner.run(ev, record.topic, record.headers, inherited)
@@ -158,13 +144,14 @@ class JobScheduler(ConsumerLoop):
         except Exception as exc:  # a rebalance in progress: the next round commits again
             log.info("commit of %s deferred: %r", offsets, exc)
 
-    async def on_revoked(self, revoked: set[TopicPartition]) -> None:
+    async def on_revoked(self, revoked: list[TopicPartition]) -> None:
         # Last chance to commit what is finished; queued jobs of these partitions go back to
         # the group (the new owner reads them from the committed offset).
         with contextlib.suppress(Exception):
             await self._commit(force=True)
-        self.runner.claim_running(q.job for q in self.running.values() if q.tp in revoked)
-        dropped = self.queue.remove(lambda q: q.tp in revoked)
+        gone = set(revoked)
+        self.runner.claim_running(q.job for q in self.running.values() if q.tp in gone)
+        dropped = self.queue.remove(lambda q: q.tp in gone)
         self.offsets.forget(revoked)
         if dropped:
             log.info("handed back %d queued jobs of %s", dropped, sorted(tp.partition for tp in revoked))
