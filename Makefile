@@ -6,16 +6,39 @@ PY_STAMP   := $(VENV)/.installed
 JARS_DIR   := .cache/kafka-libs
 JARS_STAMP := $(JARS_DIR)/.installed
 PACKLINE := $(BIN)/packline
+# Every package (transitive ones, pip and the build backend included) pinned with hashes; `make lock` writes both.
+LOCK         := requirements.lock
+RUNTIME_LOCK := requirements-runtime.lock
+UV_VERSION   := 0.13.8
+UV_DIR       := .cache/uv-$(UV_VERSION)
+UV           := $(UV_DIR)/bin/uv
+UV_COMPILE   := pip compile --quiet --python-version 3.11 --generate-hashes --custom-compile-command "make lock"
 
-.PHONY: setup kafka-jars kafka kafka-stop up demo test test-fast lint schemas bench-sse bench-api bench-pipeline chaos clean
+.PHONY: setup lock kafka-jars kafka kafka-stop up demo test test-fast lint schemas bench-sse bench-api bench-pipeline chaos clean
 
 setup: $(PY_STAMP) $(JARS_STAMP)
 
-$(PY_STAMP): pyproject.toml
+# Installs exactly the lock, then the project itself with its dependencies taken only from what is
+# installed (--no-index): a lock that no longer satisfies pyproject.toml fails here instead of
+# quietly downloading something unpinned.
+$(PY_STAMP): pyproject.toml $(LOCK)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e ".[dev]"
+	$(BIN)/python -m pip install -q --require-hashes -r $(LOCK)
+	$(BIN)/python -m pip install -q --no-index --no-build-isolation -e ".[dev]" \
+	    || { echo "$(LOCK) does not satisfy pyproject.toml: run 'make lock'" >&2; exit 1; }
+	$(BIN)/python -m pip check
 	touch $@
+
+# After changing dependencies in pyproject.toml: keeps the locked versions that still fit and adds
+# what is new. `make lock LOCK_FLAGS=--upgrade` takes the newest versions of everything instead.
+# The runtime lock (the Dockerfile's) is the same versions without the dev extra.
+lock: $(UV)
+	$(UV) $(UV_COMPILE) $(LOCK_FLAGS) --extra dev -o $(LOCK) pyproject.toml requirements-build.in
+	$(UV) $(UV_COMPILE) -c $(LOCK) -o $(RUNTIME_LOCK) pyproject.toml requirements-build.in
+
+$(UV):
+	$(PYTHON) -m venv $(UV_DIR)
+	$(UV_DIR)/bin/python -m pip install -q uv==$(UV_VERSION)
 
 kafka-jars: $(JARS_STAMP)
 $(JARS_STAMP): deploy/kafka/pom.xml
@@ -23,20 +46,21 @@ $(JARS_STAMP): deploy/kafka/pom.xml
 	    -DincludeScope=runtime -DoutputDirectory=$(CURDIR)/$(JARS_DIR)
 	touch $@
 
+# One node by default; `make kafka BROKERS=3` starts a three-node cluster (ports 9092/9094/9096).
+BROKERS ?= 1
 kafka: setup
-	$(BIN)/python -m shared.devbroker start
+	$(BIN)/python -m shared.devbroker start --brokers $(BROKERS)
 
 kafka-stop:
 	@test -x $(BIN)/python && $(BIN)/python -m shared.devbroker stop || true
 
 up: setup
-	$(PACKLINE) up
+	$(PACKLINE) up $(if $(filter-out 1,$(BROKERS)),--brokers $(BROKERS))
 
 demo: setup
 	$(PACKLINE) demo
 
-test: setup
-	$(BIN)/ruff check shared services tests
+test: lint
 	$(BIN)/pytest -q -ra
 
 test-fast: setup

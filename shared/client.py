@@ -6,13 +6,13 @@ from __future__ import annotations
 import uuid
 from collections.abc import Sequence
 
-from shared.events import LISTING_KINDS, PackRequested, Product
+from shared.events import LISTING_KINDS, ImageKind, PackRequested, Product
 from shared.kafka import Outgoing, Publisher
-from shared.topics import Topics
+from shared.topics import PACKS_REQUESTED, Topics
 
 
 async def request_pack(
-    publisher: Publisher, user_id: str, product: Product, images: Sequence[str] = LISTING_KINDS,
+    publisher: Publisher, user_id: str, product: Product, images: Sequence[ImageKind] = LISTING_KINDS,
     aplus: bool = False, pack_id: str | None = None, topics: Topics | None = None,
 ) -> str:
     """Publish a pack.requested (key user_id) and return its pack id. Follow the pack on
@@ -21,7 +21,7 @@ async def request_pack(
     topics = topics or Topics()
     event = PackRequested(
         pack_id=uuid.UUID(pack_id) if pack_id else uuid.uuid4(), user_id=user_id, product=product,
-        images=list(images), aplus=aplus,  # type: ignore[arg-type]
+        images=list(images), aplus=aplus,
     )
-    await publisher.send([Outgoing.of(topics.packs_requested, event, user_id)])
+    await publisher.send([Outgoing.of(topics.name(PACKS_REQUESTED), event, user_id)])
     return str(event.pack_id)

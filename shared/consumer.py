@@ -22,7 +22,8 @@ from typing import TypeAlias
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.structs import ConsumerRecord
 
-from shared.kafka import partitions_of
+from shared.admin import partitions_of
+from shared.kafka import KafkaConfig
 
 log = logging.getLogger("packline.consumer")
 
@@ -30,12 +31,12 @@ Record: TypeAlias = "ConsumerRecord[bytes, bytes]"
 OnRebalance = Callable[[list[TopicPartition]], Awaitable[None]]
 
 
-def group_member(bootstrap: str, group: str) -> AIOKafkaConsumer:
+def group_member(kafka: KafkaConfig, group: str) -> AIOKafkaConsumer:
     """A consumer-group member as every packline reader is one: manual commits, from the
     start of a new group, and a short session so a SIGKILLed member's partitions move
     within seconds."""
-    return AIOKafkaConsumer(
-        bootstrap_servers=bootstrap, group_id=group, client_id=f"{group}-consumer", enable_auto_commit=False,
+    return kafka.consumer(
+        group_id=group, client_id=f"{group}-consumer", enable_auto_commit=False,
         auto_offset_reset="earliest", session_timeout_ms=10_000, heartbeat_interval_ms=1_000,
     )
 
@@ -44,7 +45,7 @@ async def _nothing(_partitions: list[TopicPartition]) -> None:
     pass
 
 
-class Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafka's base class is untyped
+class Rebalance(ConsumerRebalanceListener):
     """Callbacks run inside `getmany` while partitions move: revoked ones before the new
     owner can fetch, assigned ones before anything is read from them."""
 
@@ -95,12 +96,12 @@ class ConsumerLoop:
                 await asyncio.sleep(1)
 
 
-async def read_from_start(bootstrap: str, topic: str, client_id: str) -> tuple[AIOKafkaConsumer, list[TopicPartition]]:
+async def read_from_start(kafka: KafkaConfig, topic: str, client_id: str) -> tuple[AIOKafkaConsumer, list[TopicPartition]]:
     """A group-less consumer on every partition of `topic`, positioned at the beginning."""
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False, client_id=client_id)
+    consumer = kafka.consumer(group_id=None, enable_auto_commit=False, client_id=client_id)
     try:
         await consumer.start()
-        tps = await partitions_of(bootstrap, topic)
+        tps = await partitions_of(kafka, topic)
         consumer.assign(tps)
         await consumer.seek_to_beginning(*tps)
     except BaseException:
@@ -117,12 +118,12 @@ class OrderedConsumer(ConsumerLoop):
     commit_every_s = 0.2
 
     def __init__(
-        self, bootstrap: str, group: str, topics: Sequence[str], handle: Callable[[Record], Awaitable[None]],
+        self, kafka: KafkaConfig, group: str, topics: Sequence[str], handle: Callable[[Record], Awaitable[None]],
         before_commit: Callable[[], Awaitable[None]] | None = None, max_batch: int = 200,
     ) -> None:
         """`before_commit` runs before offsets are committed: a publisher's `flush`, when
         handlers only enqueue their effects."""
-        self.bootstrap, self.group, self.topics, self.handle = bootstrap, group, list(topics), handle
+        self.kafka, self.group, self.topics, self.handle = kafka, group, list(topics), handle
         self.before_commit, self.max_batch = before_commit, max_batch
         self.name = f"{group}[{','.join(self.topics)}]"
         # Per partition, since the last commit: the first offset handled, and the next one.
@@ -131,7 +132,7 @@ class OrderedConsumer(ConsumerLoop):
         self._last_commit = 0.0
 
     async def start(self) -> None:
-        self.consumer = group_member(self.bootstrap, self.group)
+        self.consumer = group_member(self.kafka, self.group)
         await self.consumer.start()
         self.consumer.subscribe(self.topics, listener=Rebalance(revoked=self._hand_over))
         self.spawn()

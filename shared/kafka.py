@@ -1,22 +1,26 @@
-"""Kafka plumbing every service uses: an idempotent acks=all publisher, topic creation,
-dead-letter headers. Reading is in `shared.consumer`."""
+"""Kafka plumbing every service uses: the client settings, an idempotent acks=all
+publisher, dead-letter headers. Reading is in `shared.consumer`, topic creation in
+`shared.admin`."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import ssl
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from functools import cached_property
+from typing import Any, Literal
 
-from aiokafka import AIOKafkaProducer, TopicPartition
-from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from aiokafka.errors import KafkaError, TopicAlreadyExistsError
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.errors import KafkaError
+from aiokafka.helpers import create_ssl_context
 
 from shared.errors import BrokerUnavailable
 from shared.events import Event
-from shared.topics import REGISTRY, Topics
+from shared.topics import Topics
 
 log = logging.getLogger("packline.kafka")
 Headers = list[tuple[str, bytes]]
@@ -31,6 +35,51 @@ def header(headers: Sequence[tuple[str, bytes]] | None, name: str) -> str | None
 
 def key_bytes(key: object) -> bytes:
     return str(key).encode()
+
+
+SecurityProtocol = Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"]
+SaslMechanism = Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"]
+
+
+@dataclass(frozen=True)
+class KafkaConfig:
+    """How a deployment's clients reach its cluster: every producer, consumer and admin
+    client is built here, so security settings apply to all of them alike."""
+
+    bootstrap: str
+    security_protocol: SecurityProtocol = "PLAINTEXT"
+    sasl_mechanism: SaslMechanism | None = None
+    sasl_username: str | None = None
+    sasl_password: str | None = field(default=None, repr=False)  # never in logs
+    ssl_cafile: str | None = None
+    ssl_certfile: str | None = None
+    ssl_keyfile: str | None = None
+
+    @cached_property
+    def _ssl_context(self) -> ssl.SSLContext | None:
+        if self.security_protocol not in ("SSL", "SASL_SSL"):
+            return None
+        return create_ssl_context(cafile=self.ssl_cafile, certfile=self.ssl_certfile, keyfile=self.ssl_keyfile)
+
+    def options(self) -> dict[str, Any]:
+        options: dict[str, Any] = {"bootstrap_servers": self.bootstrap, "security_protocol": self.security_protocol}
+        if self._ssl_context is not None:
+            options["ssl_context"] = self._ssl_context
+        if self.security_protocol.startswith("SASL"):
+            options |= {
+                "sasl_mechanism": self.sasl_mechanism or "PLAIN",
+                "sasl_plain_username": self.sasl_username, "sasl_plain_password": self.sasl_password,
+            }
+        return options
+
+    def producer(self, **options: Any) -> AIOKafkaProducer:
+        return AIOKafkaProducer(**self.options(), **options)
+
+    def consumer(self, **options: Any) -> AIOKafkaConsumer:
+        return AIOKafkaConsumer(**self.options(), **options)
+
+    def admin(self, **options: Any) -> AIOKafkaAdminClient:
+        return AIOKafkaAdminClient(**self.options(), **options)
 
 
 @dataclass
@@ -49,8 +98,8 @@ class Publisher:
     """Every effect a service has on the world goes through here, and is acknowledged
     by all in-sync replicas before the caller moves on (so before any offset commit)."""
 
-    def __init__(self, bootstrap: str, client_id: str, timeout_s: float = 10.0) -> None:
-        self.bootstrap, self.client_id, self.timeout_s = bootstrap, client_id, timeout_s
+    def __init__(self, kafka: KafkaConfig, client_id: str, timeout_s: float = 10.0) -> None:
+        self.kafka, self.client_id, self.timeout_s = kafka, client_id, timeout_s
         self._producer: AIOKafkaProducer | None = None
         self._lock = asyncio.Lock()
         self._unflushed: list[asyncio.Future[Any]] = []
@@ -62,8 +111,7 @@ class Publisher:
 
     async def _start(self) -> None:
         # aiokafka clients bind the running loop, so they are built here, not in __init__.
-        self._producer = AIOKafkaProducer(
-            bootstrap_servers=self.bootstrap,
+        self._producer = self.kafka.producer(
             client_id=self.client_id,
             acks="all",
             enable_idempotence=True,
@@ -71,7 +119,6 @@ class Publisher:
             request_timeout_ms=int(self.timeout_s * 1000),
         )
         await self._producer.start()
-
 
     async def stop(self) -> None:
         if self._producer is not None:
@@ -157,42 +204,3 @@ def invalid_message(
         extra={"x-original-partition": partition, "x-original-offset": offset},
     )
     return Outgoing(topics.invalid_dlq, value or b"", key or b"", headers)
-
-
-async def ensure_topics(bootstrap: str, topics: Topics, partitions: int, replication: int = 1) -> None:
-    """Create every topic of the registry that does not exist yet (idempotent)."""
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, client_id="packline-admin")
-    await admin.start()
-    try:
-        existing = set(await admin.list_topics())
-        new = [
-            NewTopic(topics.name(spec), num_partitions=spec.partitions or partitions, replication_factor=replication,
-                     topic_configs=dict(spec.config))
-            for spec in REGISTRY if topics.name(spec) not in existing
-        ]
-        if new:
-            try:
-                await admin.create_topics(new)
-            except TopicAlreadyExistsError:
-                pass
-            log.info("created topics %s", [t.name for t in new])
-    finally:
-        await admin.close()
-
-
-async def partitions_of(bootstrap: str, topic: str, timeout_s: float = 15.0) -> list[TopicPartition]:
-    """The partitions of `topic`, waiting for it to exist (consumers without a group
-    assign them by hand)."""
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, client_id="packline-admin")
-    await admin.start()
-    try:
-        deadline = time.monotonic() + timeout_s
-        while True:
-            [described] = await admin.describe_topics([topic])
-            if described["error_code"] == 0 and described["partitions"]:
-                return sorted(TopicPartition(topic, p["partition"]) for p in described["partitions"])
-            if time.monotonic() > deadline:
-                raise BrokerUnavailable(f"topic {topic} does not exist")
-            await asyncio.sleep(0.2)
-    finally:
-        await admin.close()

@@ -12,6 +12,7 @@ from collections.abc import Callable
 from shared.consumer import ConsumerLoop, read_from_start
 from shared.errors import InvalidMessage
 from shared.events import KeyRevoked, decode
+from shared.kafka import KafkaConfig
 from shared.topics import AUTH_REVOCATIONS
 
 log = logging.getLogger("packline.revocations")
@@ -20,8 +21,8 @@ log = logging.getLogger("packline.revocations")
 class Revocations(ConsumerLoop):
     name = "revocations"
 
-    def __init__(self, bootstrap: str, topic: str) -> None:
-        self.bootstrap, self.topic = bootstrap, topic
+    def __init__(self, kafka: KafkaConfig, topic: str) -> None:
+        self.kafka, self.topic = kafka, topic
         self.min_generation: dict[str, int] = {}
         self.listeners: list[Callable[[str], None]] = []  # told the user id of each revocation
 
@@ -34,7 +35,7 @@ class Revocations(ConsumerLoop):
             listener(ev.user_id)
 
     async def start(self) -> None:
-        self.consumer, _ = await read_from_start(self.bootstrap, self.topic, "packline-revocations")
+        self.consumer, _ = await read_from_start(self.kafka, self.topic, "packline-revocations")
         self.spawn()
 
     async def step(self) -> None:

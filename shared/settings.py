@@ -6,9 +6,10 @@ import logging
 import secrets
 from pathlib import Path
 
-from pydantic import Field, model_validator
+from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from shared.kafka import KafkaConfig, SaslMechanism, SecurityProtocol
 from shared.topics import Topics
 
 log = logging.getLogger("packline.settings")
@@ -19,6 +20,16 @@ class CommonSettings(BaseSettings):
     model_config = SettingsConfigDict(env_file=None, extra="ignore")
 
     kafka_bootstrap_servers: str = "127.0.0.1:9092"
+    kafka_security_protocol: SecurityProtocol = "PLAINTEXT"
+    kafka_sasl_mechanism: SaslMechanism | None = None
+    kafka_sasl_username: str | None = None
+    kafka_sasl_password: SecretStr | None = None
+    kafka_ssl_cafile: str | None = None
+    kafka_ssl_certfile: str | None = None
+    kafka_ssl_keyfile: str | None = None
+    # Topics packline creates: replicas (default min(3, brokers)) and min ISR (default replicas - 1).
+    kafka_replication_factor: int | None = Field(default=None, ge=1)
+    kafka_min_insync_replicas: int | None = Field(default=None, ge=1)
     # Extension: isolates a whole deployment (or one test) on a shared broker.
     topic_prefix: str = ""
     topic_partitions: int = Field(default=6, ge=1)
@@ -35,6 +46,14 @@ class CommonSettings(BaseSettings):
         if not self.packline_secret:
             self.packline_secret = load_or_create_secret(self.var_dir / "secret")
         return self
+
+    @property
+    def kafka(self) -> KafkaConfig:
+        password = self.kafka_sasl_password.get_secret_value() if self.kafka_sasl_password else None
+        return KafkaConfig(
+            self.kafka_bootstrap_servers, self.kafka_security_protocol, self.kafka_sasl_mechanism,
+            self.kafka_sasl_username, password, self.kafka_ssl_cafile, self.kafka_ssl_certfile, self.kafka_ssl_keyfile,
+        )
 
     @property
     def topics(self) -> Topics:

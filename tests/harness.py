@@ -17,7 +17,7 @@ from services.cli.stack import SERVICES, Stack
 from shared.auth import make_api_key
 from shared.devbroker import free_port
 from shared.events import AccountCreate, BalanceQuery, CreditsBalance, ImageStatus, decode
-from shared.kafka import Outgoing
+from shared.kafka import KafkaConfig, Outgoing
 from shared.topics import Topics
 
 FAST_BACKEND = {"LOCAL_IMAGE_LATENCY_MS": "200", "RETRY_BASE_DELAY_S": "0.5", "RETRY_MAX_DELAY_S": "2"}
@@ -57,6 +57,10 @@ class RunningStack:
             stack.stop()
 
     @property
+    def kafka(self) -> KafkaConfig:
+        return KafkaConfig(self.bootstrap)
+
+    @property
     def api(self) -> str:
         return self.stack.url("api")
 
@@ -81,10 +85,9 @@ class RunningStack:
 
     async def _command(self, event: Any, user_id: str) -> CreditsBalance:
         reply = await kafka_io.request_reply(
-            self.bootstrap, Outgoing.of(self.topics.credits_commands, event, user_id), self.topics.credits_events,
-            lambda e: isinstance(e, CreditsBalance) and e.command_id == event.event_id, timeout=60,
+            self.kafka, Outgoing.of(self.topics.credits_commands, event, user_id), self.topics.credits_events,
+            CreditsBalance, lambda e: e.command_id == event.event_id, timeout=60,
         )
-        assert isinstance(reply, CreditsBalance)
         return reply
 
     async def post_pack(self, user_id: str, body: dict[str, Any] | None = None, **headers: str) -> httpx.Response:
@@ -109,7 +112,7 @@ class RunningStack:
             return await client.get(f"{self.notifier}/v1/packs/{pack_id}", headers=self.auth(user_id))
 
     async def records(self, topic: str) -> list[Any]:
-        return await kafka_io.read_all(self.bootstrap, topic)
+        return await kafka_io.read_all(self.kafka, topic)
 
     async def metric(self, instance: str, name: str) -> list[tuple[str, float]]:
         """(labels, value) of a Prometheus metric on a worker's /metrics."""

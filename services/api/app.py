@@ -14,18 +14,17 @@ from services.api.routes import router
 from services.api.settings import Settings
 from shared.http import KeyCheck, health_router
 from shared.images import ImageStore
-from shared.kafka import Publisher, ensure_topics
+from shared.kafka import Publisher
 from shared.revocations import Revocations
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or Settings()
-    revocations = Revocations(settings.kafka_bootstrap_servers, settings.topics.auth_revocations)
-    publisher = Publisher(settings.kafka_bootstrap_servers, "packline-api", settings.api_kafka_timeout_s)
+    revocations = Revocations(settings.kafka, settings.topics.auth_revocations)
+    publisher = Publisher(settings.kafka, "packline-api", settings.api_kafka_timeout_s)
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
-        await ensure_topics(settings.kafka_bootstrap_servers, settings.topics, settings.topic_partitions)
         await publisher.start()
         await revocations.start()
         try:
@@ -34,6 +33,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             await revocations.stop()
             await publisher.stop()
 
+    # Topics are created before this app starts (`packline serve` does it, and checks the cluster).
     app = FastAPI(title="packline api", version="1.0.0", lifespan=lifespan)
     app.state.settings = settings
     app.state.publisher = publisher

@@ -1,7 +1,7 @@
 """`packline audit`: reconcile the credits ledger with what happened to every pack.
 
 Reads the ledger database (DATABASE_URL) and the topics; prints every violated
-invariant of DESIGN.md and exits non-zero if there is one."""
+invariant (docs/invariants.md) and exits non-zero if there is one."""
 
 from __future__ import annotations
 
@@ -14,25 +14,18 @@ from typing import Annotated
 
 import typer
 from aiokafka import ConsumerRecord
-from sqlalchemy import select
 
 from services.cli import kafka_io
-from services.cli.main import app
-from services.credits.ledger import Account, Ledger, LedgerEntry, Pack, PackImage
+from services.credits.ledger import Ledger
 from services.credits.settings import Settings
-from shared.errors import InvalidMessage
-from shared.events import TERMINAL_PACK, ImageStatus, PackRequested, PackStatus, decode
+from shared.events import TERMINAL_PACK, ImageStatus, PackRequested, PackStatus
 
 
 def pack_log(records: Iterable[ConsumerRecord[bytes, bytes]]) -> tuple[dict[str, str], list[ImageStatus]]:
     """packs.status read back: each pack's last status, and every image event."""
     last: dict[str, str] = {}
     images: list[ImageStatus] = []
-    for r in records:
-        try:
-            ev = decode(r.value, (PackStatus, ImageStatus))
-        except InvalidMessage:
-            continue
+    for ev in kafka_io.events(records, (PackStatus, ImageStatus)):
         if isinstance(ev, PackStatus):
             last[str(ev.pack_id)] = ev.status
         elif isinstance(ev, ImageStatus):
@@ -43,34 +36,23 @@ def pack_log(records: Iterable[ConsumerRecord[bytes, bytes]]) -> tuple[dict[str,
 def find_violations(s: Settings, grace_s: float) -> tuple[list[str], dict[str, int]]:
     ledger = Ledger(s.database_url)
     ledger.create_schema()
-    requested = asyncio.run(kafka_io.read_all(s.kafka_bootstrap_servers, s.topics.packs_requested))
-    status_records = asyncio.run(kafka_io.read_all(s.kafka_bootstrap_servers, s.topics.packs_status))
+    requested = asyncio.run(kafka_io.read_all(s.kafka, s.topics.packs_requested))
+    status_records = asyncio.run(kafka_io.read_all(s.kafka, s.topics.packs_status))
     problems: list[str] = []
     now = time.time()
 
     last_status, _ = pack_log(status_records)
-
-    with ledger.sessions() as db:
-        packs = {p.pack_id: p for p in db.scalars(select(Pack))}
-        images: dict[str, list[PackImage]] = defaultdict(list)
-        for img in db.scalars(select(PackImage)):
-            images[img.pack_id].append(img)
-        entries = list(db.scalars(select(LedgerEntry)))
-        accounts = list(db.scalars(select(Account)))
+    view = ledger.audit_view()
+    packs, entries, accounts = view.packs, view.entries, view.accounts
 
     # 1. A 202 pack is never lost: every request reached the ledger and, at rest, a terminal status.
-    for r in requested:
-        try:
-            ev = decode(r.value, (PackRequested,))
-        except InvalidMessage:
-            continue
-        assert isinstance(ev, PackRequested)
+    for ev in kafka_io.events(requested, (PackRequested,)):
         pack_id = str(ev.pack_id)
         age = now - ev.occurred_at.timestamp()
         if pack_id not in packs and age > grace_s:
             problems.append(f"lost pack: {pack_id} was requested {age:.0f}s ago and never reached the ledger")
     for pack_id, pack in packs.items():
-        age = now - pack.created_at.replace(tzinfo=pack.created_at.tzinfo or UTC).timestamp()
+        age = now - pack.created_at.timestamp()
         if pack.status not in TERMINAL_PACK and age > grace_s:
             problems.append(f"pack {pack_id} still {pack.status} after {age:.0f}s")
         elif pack.status in TERMINAL_PACK and last_status.get(pack_id) != pack.status and age > grace_s:
@@ -84,7 +66,7 @@ def find_violations(s: Settings, grace_s: float) -> tuple[list[str], dict[str, i
     for pack_id, pack in packs.items():
         if pack.status not in TERMINAL_PACK:
             continue
-        delivered = sum(i.cost for i in images[pack_id] if i.status == "COMPLETED")
+        delivered = sum(i.cost for i in pack.images if i.status == "COMPLETED")
         if net[pack_id] != delivered:
             problems.append(f"ledger drift: pack {pack_id} charged {net[pack_id]} but delivered images cost {delivered}")
 
@@ -113,7 +95,6 @@ def find_violations(s: Settings, grace_s: float) -> tuple[list[str], dict[str, i
     return problems, figures
 
 
-@app.command()
 def audit(
     grace: Annotated[float, typer.Option(help="packs younger than this many seconds may still be in flight")] = 300.0,
 ) -> None:

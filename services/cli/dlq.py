@@ -16,14 +16,13 @@ from rich.progress import Progress
 from rich.table import Table
 
 from services.cli import kafka_io
-from services.cli.main import app
 from shared.errors import InvalidMessage
-from shared.events import DlqReplayed, ImageJob, ImageReplayed, decode, stable_id
-from shared.kafka import Outgoing, Publisher, header
+from shared.events import DlqReplayed, ImageReplayed, decode, stable_id
+from shared.kafka import Outgoing, header
 from shared.settings import CommonSettings
+from shared.topics import IMAGES_DLQ
 
-dlq = typer.Typer(no_args_is_help=True, help="dead-letter topics: images.dlq (replayable) and invalid.dlq")
-app.add_typer(dlq, name="dlq")
+app = typer.Typer(no_args_is_help=True, help="dead-letter topics: images.dlq (replayable) and invalid.dlq")
 console = Console()
 
 
@@ -45,12 +44,11 @@ class Entry:
 async def load_entries(s: CommonSettings) -> list[Entry]:
     entries: list[Entry] = []
     for topic, short in ((s.topics.images_dlq, "dlq"), (s.topics.invalid_dlq, "invalid")):
-        for r in await kafka_io.read_all(s.kafka_bootstrap_servers, topic):
+        for r in await kafka_io.read_all(s.kafka, topic):
             pack_id = image_id = None
             replayable = False
             try:
-                job = decode(r.value, (ImageJob,))
-                assert isinstance(job, ImageJob)
+                job = decode(r.value, IMAGES_DLQ.events)
                 pack_id, image_id, replayable = str(job.pack_id), job.image_id, short == "dlq"
             except InvalidMessage:
                 pass
@@ -70,7 +68,7 @@ def _filter(entries: list[Entry], pack: str | None, error_type: str | None) -> l
     return [e for e in entries if (pack is None or e.pack_id == pack) and (error_type is None or e.error_type == error_type)]
 
 
-@dlq.command("list")
+@app.command("list")
 def dlq_list(
     pack: Annotated[str | None, typer.Option("--pack")] = None,
     error_type: Annotated[str | None, typer.Option("--error-type")] = None,
@@ -89,7 +87,7 @@ def dlq_list(
     console.print(f"{len(entries)} entries")
 
 
-@dlq.command("show")
+@app.command("show")
 def dlq_show(entry_id: str) -> None:
     """One entry in full: headers as fields, and the message itself."""
     entries = {e.id: e for e in asyncio.run(load_entries(CommonSettings()))}
@@ -105,7 +103,7 @@ def dlq_show(entry_id: str) -> None:
     typer.echo(json.dumps(data, indent=2))
 
 
-@dlq.command("replay")
+@app.command("replay")
 def dlq_replay(
     ids: Annotated[list[str] | None, typer.Argument(help="entry ids from `dlq list`")] = None,
     pack: Annotated[str | None, typer.Option("--pack")] = None,
@@ -132,9 +130,7 @@ def dlq_replay(
 
 
 async def _replay(s: CommonSettings, entries: list[Entry], operator: str, dry_run: bool, rate: float) -> None:
-    publisher = Publisher(s.kafka_bootstrap_servers, "packline-cli-replay")
-    await publisher.start()
-    try:
+    async with kafka_io.open_publisher(s.kafka, "packline-cli-replay") as publisher:
         if not dry_run:
             with Progress(console=console, transient=True, disable=len(entries) < 20) as progress:
                 task = progress.add_task("replaying", total=len(entries))
@@ -146,14 +142,11 @@ async def _replay(s: CommonSettings, entries: list[Entry], operator: str, dry_ru
         record = DlqReplayed(operator=operator, entries=[e.id for e in entries],
                              pack_ids=sorted({e.pack_id for e in entries if e.pack_id}), dry_run=dry_run)
         await publisher.send([Outgoing.of(s.topics.ops_audit, record, operator)])
-    finally:
-        await publisher.stop()
 
 
 def replay_messages(s: CommonSettings, e: Entry, operator: str) -> list[Outgoing]:
     """Reopen the image (images.results, before the job exists), then the job itself."""
-    job = decode(e.payload.encode(), (ImageJob,))
-    assert isinstance(job, ImageJob)
+    job = decode(e.payload.encode(), IMAGES_DLQ.events)
     run = job.run + 1  # a function of the entry: replaying it twice names the same run
     reopened = ImageReplayed(
         event_id=stable_id(e.id, "replayed"), pack_id=job.pack_id, user_id=job.user_id, image_id=job.image_id,
@@ -167,17 +160,12 @@ def replay_messages(s: CommonSettings, e: Entry, operator: str) -> list[Outgoing
     ]
 
 
-@dlq.command("history")
+@app.command("history")
 def dlq_history(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
     """Every replay: who, when, which entries."""
     s = CommonSettings()
-    records: list[dict[str, Any]] = []
-    for r in asyncio.run(kafka_io.read_all(s.kafka_bootstrap_servers, s.topics.ops_audit)):
-        try:
-            ev = decode(r.value, (DlqReplayed,))
-        except InvalidMessage:
-            continue
-        records.append(ev.model_dump(mode="json"))
+    replays = asyncio.run(kafka_io.read_events(s.kafka, s.topics.ops_audit, (DlqReplayed,)))
+    records: list[dict[str, Any]] = [ev.model_dump(mode="json") for ev in replays]
     if as_json:
         typer.echo(json.dumps(records, indent=2))
         return

@@ -13,20 +13,22 @@ from aiokafka import ConsumerRecord
 from shared.consumer import read_from_start
 from shared.errors import InvalidMessage
 from shared.events import Event, decode
-from shared.kafka import Outgoing, Publisher
+from shared.kafka import KafkaConfig, Outgoing, Publisher
 
 E = TypeVar("E", bound=Event)
 
 
 async def request_reply(
-    bootstrap: str, command: Outgoing, reply_topic: str, match: Callable[[Event], bool], timeout: float = 30.0,
-) -> Event:
-    consumer, tps = await read_from_start(bootstrap, reply_topic, "packline-cli")
+    kafka: KafkaConfig, command: Outgoing, reply_topic: str, reply: type[E], match: Callable[[E], bool],
+    timeout: float = 30.0,
+) -> E:
+    """Send `command`, then wait for the first `reply` event on `reply_topic` that `match`es."""
+    consumer, tps = await read_from_start(kafka, reply_topic, "packline-cli")
     try:
         await consumer.seek_to_end(*tps)
         for tp in tps:  # pin the positions now, so the reply cannot land before we look
             await consumer.position(tp)
-        async with open_publisher(bootstrap) as publisher:
+        async with open_publisher(kafka) as publisher:
             await publisher.send([command])
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -34,7 +36,7 @@ async def request_reply(
             for messages in batches.values():
                 for m in messages:
                     try:
-                        event = decode(m.value)
+                        event = decode(m.value, (reply,))
                     except InvalidMessage:
                         continue
                     if match(event):
@@ -44,9 +46,9 @@ async def request_reply(
         await consumer.stop()
 
 
-async def read_all(bootstrap: str, topic: str) -> list[ConsumerRecord[bytes, bytes]]:
+async def read_all(kafka: KafkaConfig, topic: str) -> list[ConsumerRecord[bytes, bytes]]:
     """Every message currently in `topic`, in partition order."""
-    consumer, tps = await read_from_start(bootstrap, topic, "packline-cli")
+    consumer, tps = await read_from_start(kafka, topic, "packline-cli")
     try:
         ends = await consumer.end_offsets(tps)
         records: list[ConsumerRecord[bytes, bytes]] = []
@@ -69,22 +71,20 @@ def events(records: Iterable[ConsumerRecord[bytes, bytes]], accept: tuple[type[E
     """The records that decode to one of the `accept` types; the rest are skipped."""
     for r in records:
         try:
-            ev = decode(r.value, accept)
+            yield decode(r.value, accept)
         except InvalidMessage:
             continue
-        if isinstance(ev, accept):
-            yield ev
 
 
-async def read_events(bootstrap: str, topic: str, accept: tuple[type[E], ...]) -> list[E]:
+async def read_events(kafka: KafkaConfig, topic: str, accept: tuple[type[E], ...]) -> list[E]:
     """Every event of the `accept` types currently in `topic`."""
-    return list(events(await read_all(bootstrap, topic), accept))
+    return list(events(await read_all(kafka, topic), accept))
 
 
 @asynccontextmanager
-async def open_publisher(bootstrap: str, client_id: str = "packline-cli") -> AsyncIterator[Publisher]:
+async def open_publisher(kafka: KafkaConfig, client_id: str = "packline-cli") -> AsyncIterator[Publisher]:
     """A started publisher, stopped on the way out."""
-    publisher = Publisher(bootstrap, client_id)
+    publisher = Publisher(kafka, client_id)
     await publisher.start()
     try:
         yield publisher

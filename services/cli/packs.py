@@ -12,7 +12,6 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
 from services.cli import sse
-from services.cli.main import app
 from shared.auth import make_api_key
 from shared.events import LISTING_KINDS
 from shared.settings import CommonSettings
@@ -31,11 +30,14 @@ def _api_key(api_key: str | None, user: str | None) -> str:
     raise typer.BadParameter("give --api-key, set PACKLINE_API_KEY, or --user")
 
 
+def _bearer(key: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {key}"}
+
+
 ApiKey = Annotated[str | None, typer.Option("--api-key", help="API key (or PACKLINE_API_KEY)")]
 User = Annotated[str | None, typer.Option("--user", help="act as this user (needs the secret)")]
 
 
-@app.command()
 def submit(
     name: Annotated[str, typer.Option("--name")],
     description: str = "",
@@ -55,7 +57,7 @@ def submit(
         "product": {"name": name, "description": description, "features": feature or [], "style": style},
         "images": images or None, "aplus": aplus,
     }
-    headers = {"Authorization": f"Bearer {key}"}
+    headers = _bearer(key)
     if idempotency_key:
         headers["Idempotency-Key"] = idempotency_key
     response = httpx.post(f"{s.api_public_url.rstrip('/')}/v1/packs", json=body, headers=headers, timeout=30)
@@ -66,16 +68,15 @@ def submit(
     console.print(f"pack {accepted['pack_id']} accepted, cost {accepted['cost']} credits")
     typer.echo(accepted["pack_id"])
     if wait:
-        raise typer.Exit(asyncio.run(_watch(accepted["stream_url"], {"Authorization": f"Bearer {key}"}, from_start=True)))
+        raise typer.Exit(asyncio.run(_watch(accepted["stream_url"], _bearer(key), from_start=True)))
 
 
-@app.command()
 def watch(pack_id: str, api_key: ApiKey = None, user: User = None) -> None:
     """Follow a pack live: a progress bar, a line per image; exit code 0 COMPLETED,
     2 PARTIAL, 1 FAILED or REJECTED."""
     s = CommonSettings()
     url = f"{s.notifier_public_url.rstrip('/')}/v1/packs/{pack_id}/events"
-    raise typer.Exit(asyncio.run(_watch(url, {"Authorization": f"Bearer {_api_key(api_key, user)}"})))
+    raise typer.Exit(asyncio.run(_watch(url, _bearer(_api_key(api_key, user)))))
 
 
 async def _watch(url: str, headers: dict[str, str], from_start: bool = False) -> int:

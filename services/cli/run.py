@@ -8,32 +8,33 @@ import subprocess
 import sys
 import uuid
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import typer
 
-from services.cli.main import app
 from services.cli.stack import Stack
-from shared.devbroker import Broker
+from shared.devcluster import Cluster, running_brokers
 from shared.settings import CommonSettings
 
 
-def _broker(s: CommonSettings) -> Broker | None:
-    """The local broker when the bootstrap address is the default one; else it is external."""
-    if s.kafka_bootstrap_servers != "127.0.0.1:9092" or os.environ.get("PACKLINE_EXTERNAL_KAFKA"):
+def _broker(s: CommonSettings, brokers: int) -> Cluster | None:
+    """The local broker or cluster (`make kafka BROKERS=n`) when the bootstrap address is its own; else external."""
+    local = Cluster(s.var_dir / "kafka", brokers)
+    if s.kafka_bootstrap_servers not in ("127.0.0.1:9092", local.bootstrap) or os.environ.get("PACKLINE_EXTERNAL_KAFKA"):
         return None
-    return Broker(s.var_dir / "kafka")
+    return local
 
 
-def _run_stack(body: Any) -> int:
+def _run_stack(body: Any, brokers: int | None = None) -> int:
     s = CommonSettings()
-    broker = _broker(s)
+    brokers = brokers or running_brokers(s.var_dir / "kafka")
+    broker = _broker(s, brokers)
     started_broker = False
-    if broker is not None and broker.running_pid() is None:
-        typer.echo("starting Kafka ...", err=True)
+    if broker is not None and not broker.running():
+        typer.echo(f"starting Kafka ({brokers} node(s)) ...", err=True)
         broker.start()
         started_broker = True
-    stack = Stack({}, s.var_dir / "logs")
+    stack = Stack({"KAFKA_BOOTSTRAP_SERVERS": broker.bootstrap} if broker is not None else {}, s.var_dir / "logs")
 
     def interrupted(*_: object) -> None:
         raise KeyboardInterrupt
@@ -54,18 +55,21 @@ def _run_stack(body: Any) -> int:
         typer.echo("stopped", err=True)
 
 
-@app.command()
-def up() -> None:
+BrokersOption = Annotated[int | None, typer.Option(
+    "--brokers", envvar="PACKLINE_KAFKA_BROKERS", min=1, help="local Kafka nodes (default: as many as run, else 1)",
+)]
+
+
+def up(brokers: BrokersOption = None) -> None:
     """Kafka and the four services in the foreground; Ctrl-C stops them all."""
 
     def body(stack: Stack, s: CommonSettings) -> int:
         typer.echo(f"packline is up: web page {s.api_public_url}/  (Ctrl-C stops everything)", err=True)
         return stack.wait()
 
-    raise typer.Exit(_run_stack(body))
+    raise typer.Exit(_run_stack(body, brokers))
 
 
-@app.command()
 def demo() -> None:
     """Start everything, run one six-image pack end to end, show where the images are, stop."""
 

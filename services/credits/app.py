@@ -26,7 +26,7 @@ from shared.worker import Route, dispatch, every, worker_app
 def build(settings: Settings) -> FastAPI:
     t = settings.topics
     ledger = Ledger(settings.database_url)
-    publisher = Publisher(settings.kafka_bootstrap_servers, "packline-credits")
+    publisher = Publisher(settings.kafka, "packline-credits")
     # SQLite has one writer; PostgreSQL row locks let several threads work at once.
     executor = ThreadPoolExecutor(max_workers=1 if settings.database_url.startswith("sqlite") else 8)
 
@@ -58,7 +58,7 @@ def build(settings: Settings) -> FastAPI:
         ))
 
     consumer = OrderedConsumer(
-        settings.kafka_bootstrap_servers, f"{settings.topic_prefix}packline-credits", topics, one,
+        settings.kafka, f"{settings.topic_prefix}packline-credits", topics, one,
         before_commit=publisher.flush,
     )
     redrive: asyncio.Task[None] | None = None

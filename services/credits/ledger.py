@@ -323,7 +323,7 @@ class Ledger:
 @dataclass(frozen=True)
 class AuditImage:
     image_id: str
-    status: str
+    status: ImageState
     cost: int
 
 
@@ -331,7 +331,7 @@ class AuditImage:
 class AuditPack:
     pack_id: str
     user_id: str
-    status: str
+    status: PackState
     cost: int
     created_at: datetime  # timezone-aware
     images: list[AuditImage]
@@ -343,7 +343,7 @@ class AuditEntry:
     pack_id: str | None
     image_id: str | None
     amount: int  # signed: + credits the account, - charges it
-    reason: str
+    reason: MoneyReason
 
 
 @dataclass(frozen=True)

@@ -26,7 +26,7 @@ from shared.worker import Route, dispatch, worker_app
 
 def build(settings: Settings) -> FastAPI:
     t = settings.topics
-    publisher = Publisher(settings.kafka_bootstrap_servers, "packline-generation")
+    publisher = Publisher(settings.kafka, "packline-generation")
     policy = handlers.RetryPolicy(settings.retry_max_attempts, settings.retry_base_delay_s, settings.retry_max_delay_s)
     limiter = ProviderLimiter(settings.images_per_minute, settings.images_burst)
     store = ClaimingImageStore(settings.images_dir, settings.api_public_url)
@@ -35,14 +35,14 @@ def build(settings: Settings) -> FastAPI:
         settings, runner, limiter, publisher, concurrency=settings.generation_concurrency,
         prefetch=settings.generation_prefetch, shutdown_grace_s=settings.generation_shutdown_grace_s,
     )
-    forwarder = RetryForwarder(settings.kafka_bootstrap_servers, f"{settings.topic_prefix}packline-generation-retry", t, publisher)
+    forwarder = RetryForwarder(settings.kafka, f"{settings.topic_prefix}packline-generation-retry", t, publisher)
 
     async def accepted(ev: PackAccepted, _record: Record) -> None:
         await publisher.enqueue(handlers.fan_out(ev, t))  # acked before the batch is committed
 
     topics, one = dispatch([Route(PACKS_ACCEPTED, accepted)], publisher, settings)
     packs = OrderedConsumer(
-        settings.kafka_bootstrap_servers, f"{settings.topic_prefix}packline-generation", topics, one,
+        settings.kafka, f"{settings.topic_prefix}packline-generation", topics, one,
         before_commit=publisher.flush,
     )
 

@@ -67,7 +67,7 @@ class JobScheduler(ConsumerLoop):
         self._last_commit = 0.0
 
     async def start(self) -> None:
-        self.consumer = group_member(self.settings.kafka_bootstrap_servers, self.group)
+        self.consumer = group_member(self.settings.kafka, self.group)
         await self.consumer.start()
         self.consumer.subscribe([self.topic], listener=Rebalance(revoked=self.on_revoked, assigned=self.on_assigned))
         self._workers = [asyncio.create_task(self._work(), name=f"images-jobs-{i}") for i in range(self.concurrency)]

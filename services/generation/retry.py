@@ -14,21 +14,21 @@ import time
 from aiokafka import TopicPartition
 
 from shared.consumer import ConsumerLoop, Rebalance, group_member
-from shared.kafka import Outgoing, Publisher, header
+from shared.kafka import KafkaConfig, Outgoing, Publisher, header
 from shared.topics import Topics
 
 log = logging.getLogger("packline.retry")
 
 
 class RetryForwarder(ConsumerLoop):
-    def __init__(self, bootstrap: str, group: str, topics: Topics, publisher: Publisher) -> None:
+    def __init__(self, kafka: KafkaConfig, group: str, topics: Topics, publisher: Publisher) -> None:
         self.topics = topics
         self.publisher = publisher
         self.waiting: dict[TopicPartition, int] = {}  # paused partition -> due time (epoch ms)
-        self.bootstrap, self.group = bootstrap, group
+        self.kafka, self.group = kafka, group
 
     async def start(self) -> None:
-        self.consumer = group_member(self.bootstrap, self.group)
+        self.consumer = group_member(self.kafka, self.group)
         await self.consumer.start()
         self.consumer.subscribe(self.topics.retry_topics, listener=Rebalance(revoked=self._forget))
         self.spawn()

@@ -15,20 +15,18 @@ from services.notifier.routes import router
 from services.notifier.settings import Settings
 from services.notifier.state import Store
 from shared.http import KeyCheck, health_router
-from shared.kafka import ensure_topics
 from shared.revocations import Revocations
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or Settings()
     store = Store(settings.notifier_history)
-    feed = StatusFeed(settings.kafka_bootstrap_servers, settings.topics.packs_status, store)
-    revocations = Revocations(settings.kafka_bootstrap_servers, settings.topics.auth_revocations)
+    feed = StatusFeed(settings.kafka, settings.topics.packs_status, store)
+    revocations = Revocations(settings.kafka, settings.topics.auth_revocations)
     revocations.listeners.append(store.wake_user)
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
-        await ensure_topics(settings.kafka_bootstrap_servers, settings.topics, settings.topic_partitions)
         await feed.start()
         await revocations.start()
         try:

@@ -11,6 +11,7 @@ from services.notifier.state import Store
 from shared.consumer import ConsumerLoop, read_from_start
 from shared.errors import InvalidMessage
 from shared.events import decode
+from shared.kafka import KafkaConfig
 from shared.topics import PACKS_STATUS
 
 log = logging.getLogger("packline.notifier")
@@ -19,12 +20,12 @@ log = logging.getLogger("packline.notifier")
 class StatusFeed(ConsumerLoop):
     name = "status-feed"
 
-    def __init__(self, bootstrap: str, topic: str, store: Store) -> None:
-        self.bootstrap, self.topic, self.store = bootstrap, topic, store
+    def __init__(self, kafka: KafkaConfig, topic: str, store: Store) -> None:
+        self.kafka, self.topic, self.store = kafka, topic, store
         self.ready = asyncio.Event()
 
     async def start(self) -> None:
-        self.consumer, tps = await read_from_start(self.bootstrap, self.topic, "packline-notifier")
+        self.consumer, tps = await read_from_start(self.kafka, self.topic, "packline-notifier")
         self._catch_up_to = await self.consumer.end_offsets(tps)
         self.spawn()
 

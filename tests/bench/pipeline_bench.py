@@ -35,7 +35,7 @@ class Seen:
         self.completed_images: list[float] = []
 
     async def follow(self, s: RunningStack) -> None:
-        consumer, _ = await read_from_start(s.bootstrap, s.topics.packs_status, "pipeline-bench")
+        consumer, _ = await read_from_start(s.kafka, s.topics.packs_status, "pipeline-bench")
         try:
             async for record in consumer:
                 now = time.perf_counter()
@@ -104,7 +104,7 @@ async def measure(args: argparse.Namespace, s: RunningStack, http: httpx.AsyncCl
 
         if not args.burst_packs:
             return
-        publisher = Publisher(s.bootstrap, "pipeline-bench")
+        publisher = Publisher(s.kafka, "pipeline-bench")
         await publisher.start()
         before = len(seen.completed_images)
         t0 = time.perf_counter()

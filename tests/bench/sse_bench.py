@@ -19,7 +19,7 @@ from services.cli.stack import Stack
 from shared.auth import make_api_key
 from shared.devbroker import free_port
 from shared.events import ImageEntry, ImageStatus, PackStatus
-from shared.kafka import Outgoing, Publisher
+from shared.kafka import KafkaConfig, Outgoing, Publisher
 from shared.topics import Topics
 from tests.bench.common import run_with_broker
 
@@ -70,7 +70,7 @@ async def bench(args: argparse.Namespace, bootstrap: str, work: Path) -> None:
            "VAR_DIR": str(work), "NOTIFIER_PORT": str(port), "NOTIFIER_PING_S": "15"}
     stack = Stack(env, work / "logs", ("notifier",))
     stack.start()
-    publisher = Publisher(bootstrap, "bench")
+    publisher = Publisher(KafkaConfig(bootstrap), "bench")
     await publisher.start()
     try:
         await asyncio.to_thread(stack.wait_healthy, 60)

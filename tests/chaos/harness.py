@@ -27,7 +27,7 @@ from services.cli.stack import Stack
 from shared.auth import make_api_key
 from shared.devbroker import Broker, free_port
 from shared.events import TERMINAL_PACK, AccountCreate, CreditsBalance, ImageStatus
-from shared.kafka import Outgoing
+from shared.kafka import KafkaConfig, Outgoing
 from shared.topics import Topics
 
 
@@ -86,6 +86,7 @@ class Chaos:
         self.cfg, self.dir = cfg, work_dir
         self.rng = random.Random(cfg.seed)
         self.broker = Broker(work_dir / "kafka", free_port(), free_port())
+        self.kafka = KafkaConfig(self.broker.bootstrap)
         self.prefix = f"c{uuid.uuid4().hex[:8]}."
         self.topics = Topics(self.prefix)
         self.secret = uuid.uuid4().hex
@@ -189,7 +190,7 @@ class Chaos:
                 self.stack.start(name)
 
     async def _statuses(self) -> tuple[dict[str, str], list[ImageStatus]]:
-        return pack_log(await kafka_io.read_all(self.broker.bootstrap, self.topics.packs_status))
+        return pack_log(await kafka_io.read_all(self.kafka, self.topics.packs_status))
 
     async def _wait_quiet(self, pack_ids: set[str]) -> None:
         deadline = time.monotonic() + self.cfg.quiet_timeout_s
@@ -236,11 +237,11 @@ class Chaos:
         for attempt in range(5):
             try:
                 reply = await kafka_io.request_reply(
-                    self.broker.bootstrap, Outgoing.of(self.topics.credits_commands, event, user_id),
+                    self.kafka, Outgoing.of(self.topics.credits_commands, event, user_id),
                     self.topics.credits_events,
-                    lambda e: isinstance(e, CreditsBalance) and e.command_id == event.event_id, timeout=60,
+                    CreditsBalance, lambda e: e.command_id == event.event_id, timeout=60,
                 )
-                assert isinstance(reply, CreditsBalance) and reply.balance is not None
+                assert reply.balance is not None
                 return
             except TimeoutError:
                 if attempt == 4:

@@ -91,7 +91,7 @@ async def test_permanent_failures_end_partial_then_replay_completes(kafka_bootst
         # (e) the same failure event delivered again refunds nothing more
         results = [decode(r.value) for r in await s.records(s.topics.images_results)]
         failure = next(e for e in results if isinstance(e, ImageFailed) and str(e.pack_id) == pack_id)
-        publisher = Publisher(s.bootstrap, "test")
+        publisher = Publisher(s.kafka, "test")
         await publisher.start()
         await publisher.send([Outgoing.of(s.topics.images_results, failure, pack_id)] * 2)
         await publisher.stop()
@@ -118,7 +118,7 @@ async def test_permanent_failures_end_partial_then_replay_completes(kafka_bootst
 
 
 async def test_garbage_is_dead_lettered_and_the_pipeline_moves_on(stack: RunningStack) -> None:
-    publisher = Publisher(stack.bootstrap, "test")
+    publisher = Publisher(stack.kafka, "test")
     await publisher.start()
     garbage = [b"\xff\xfe not json", b'{"type": "pack.requested", "version": 1}', b"[1,2,3]"]
     for topic in (stack.topics.packs_requested, stack.topics.images_jobs):
@@ -141,7 +141,7 @@ async def test_a_waiting_retry_does_not_delay_other_packs(stack: RunningStack) -
     """Park one job per retry partition 30 s in the future, then run another pack."""
     user = await stack.create_user(credits=10)
     parked = await stack.create_user(credits=10)
-    publisher = Publisher(stack.bootstrap, "test")
+    publisher = Publisher(stack.kafka, "test")
     await publisher.start()
     due = int((time.time() + 30) * 1000)
     jobs = []

@@ -42,7 +42,7 @@ class PackLog:
 @asynccontextmanager
 async def pack_log(s: RunningStack) -> AsyncIterator[PackLog]:
     log = PackLog()
-    consumer, _ = await read_from_start(s.bootstrap, s.topics.packs_status, "fairness-test")
+    consumer, _ = await read_from_start(s.kafka, s.topics.packs_status, "fairness-test")
 
     async def follow() -> None:
         async for record in consumer:
@@ -66,7 +66,7 @@ async def test_a_single_pack_does_not_wait_behind_another_user_s_fifty(kafka_boo
     ) as s:
         async with pack_log(s) as log:
             big, small = await s.create_user(credits=300), await s.create_user(credits=6)
-            publisher = Publisher(s.bootstrap, "fairness-test")
+            publisher = Publisher(s.kafka, "fairness-test")
             await publisher.start()
             try:
                 # Straight to Kafka, as a batch integration would: the api's per-user rate limit

@@ -9,9 +9,10 @@ import httpx
 import pytest
 from aiokafka import AIOKafkaConsumer
 
+from shared.admin import partitions_of
 from shared.client import request_pack
 from shared.events import LISTING_KINDS, PackStatus, Product, decode
-from shared.kafka import Publisher, partitions_of
+from shared.kafka import Publisher
 from tests.harness import RunningStack
 
 pytestmark = pytest.mark.e2e
@@ -123,7 +124,7 @@ async def test_packs_run_their_images_in_parallel(stack: RunningStack) -> None:
 async def test_a_pack_published_straight_to_kafka_completes(stack: RunningStack) -> None:
     """Another service skips HTTP: it produces pack.requested itself and follows packs.status."""
     user = await stack.create_user(credits=10)
-    publisher = Publisher(stack.bootstrap, "other-service")
+    publisher = Publisher(stack.kafka, "other-service")
     await publisher.start()
     try:
         pack_id = await request_pack(publisher, user, Product(name="Desk lamp"), images=["main", "detail"], topics=stack.topics)
@@ -132,7 +133,7 @@ async def test_a_pack_published_straight_to_kafka_completes(stack: RunningStack)
     consumer = AIOKafkaConsumer(bootstrap_servers=stack.bootstrap, group_id=None, auto_offset_reset="earliest")
     await consumer.start()
     try:
-        consumer.assign(await partitions_of(stack.bootstrap, stack.topics.packs_status))
+        consumer.assign(await partitions_of(stack.kafka, stack.topics.packs_status))
         seen: list[str] = []
         async with asyncio.timeout(60):
             while "COMPLETED" not in seen:

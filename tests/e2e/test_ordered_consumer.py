@@ -14,7 +14,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from shared.consumer import OrderedConsumer, Record
-from shared.kafka import Outgoing, Publisher
+from shared.kafka import KafkaConfig, Outgoing, Publisher
 
 pytestmark = pytest.mark.e2e
 PARTITIONS = 3
@@ -32,7 +32,7 @@ async def new_topic(bootstrap: str) -> str:
 
 
 async def publish(bootstrap: str, topic: str, n: int) -> None:
-    publisher = Publisher(bootstrap, "oc-test")
+    publisher = Publisher(KafkaConfig(bootstrap), "oc-test")
     await publisher.start()
     try:
         await publisher.send([Outgoing(topic, str(i).encode(), f"k{i % 7}".encode()) for i in range(n)])
@@ -64,7 +64,7 @@ async def test_each_partition_in_order_and_committed_after_handling(kafka_bootst
     async def handle(record: Record) -> None:
         seen[record.partition].append(record.offset)
 
-    consumer = OrderedConsumer(kafka_bootstrap, group, [topic], handle)
+    consumer = OrderedConsumer(KafkaConfig(kafka_bootstrap), group, [topic], handle)
     await consumer.start()
     try:
         await until(lambda: sum(map(len, seen.values())) == 300)
@@ -89,7 +89,7 @@ async def test_a_failed_flush_means_handling_again_never_skipping(kafka_bootstra
         if flushes == 1:
             raise ConnectionError("the effects of this round did not all make it")
 
-    consumer = OrderedConsumer(kafka_bootstrap, group, [topic], handle, before_commit=flaky_flush)
+    consumer = OrderedConsumer(KafkaConfig(kafka_bootstrap), group, [topic], handle, before_commit=flaky_flush)
     await consumer.start()
     try:
         await until(lambda: len(set(handled)) == 120 and flushes >= 2)
@@ -111,7 +111,7 @@ async def test_a_new_member_resumes_where_the_old_one_committed(kafka_bootstrap:
         first.append((record.partition, record.offset))
         await asyncio.sleep(0.01)
 
-    one = OrderedConsumer(kafka_bootstrap, group, [topic], slow, max_batch=5)
+    one = OrderedConsumer(KafkaConfig(kafka_bootstrap), group, [topic], slow, max_batch=5)
     await one.start()
     await until(lambda: len(first) >= 30)
     await one.stop()
@@ -119,7 +119,7 @@ async def test_a_new_member_resumes_where_the_old_one_committed(kafka_bootstrap:
     async def fast(record: Record) -> None:
         second.append((record.partition, record.offset))
 
-    two = OrderedConsumer(kafka_bootstrap, group, [topic], fast)
+    two = OrderedConsumer(KafkaConfig(kafka_bootstrap), group, [topic], fast)
     await two.start()
     try:
         await until(lambda: len(set(first) | set(second)) == 90)
