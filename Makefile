@@ -14,7 +14,7 @@ UV_DIR       := .cache/uv-$(UV_VERSION)
 UV           := $(UV_DIR)/bin/uv
 UV_COMPILE   := pip compile --quiet --python-version 3.11 --generate-hashes --custom-compile-command "make lock"
 
-.PHONY: setup lock kafka-jars kafka kafka-stop up demo test test-fast lint schemas bench-sse bench-api bench-pipeline chaos clean
+.PHONY: setup lock kafka-jars kafka kafka-stop up demo test test-fast lint schemas bench-sse bench-api bench-pipeline bench-intake bench-revocations chaos chaos-cluster clean
 
 setup: $(PY_STAMP) $(JARS_STAMP)
 
@@ -84,9 +84,23 @@ bench-pipeline: setup
 	$(BIN)/python -m tests.bench.pipeline_bench --jitter-ms 150 --burst-packs 0
 	$(BIN)/python -m tests.bench.pipeline_bench
 
+# 20,000 pack requests of 50 users published straight to Kafka, then one seller's POST: how soon it is seen and started.
+bench-intake: setup
+	$(BIN)/python -m tests.bench.intake_bench
+
+# 1,000,000 records on auth.revocations: how long the api's revocation reader takes to be ready.
+bench-revocations: setup
+	$(BIN)/python -m tests.bench.revocations_bench
+
 # 200 six-image packs, 3 instances of each worker, a SIGKILL every 5 s, one broker restart.
 chaos: setup
 	$(BIN)/python -m tests.chaos --packs 200 --instances 3 --kill-every 5
+
+# The same on a three-broker cluster (RF 3, min ISR 2): a broker SIGKILLed every 10 s (back 5 s later),
+# first the leader of most packs.requested partitions, then the active controller.
+chaos-cluster: setup
+	$(BIN)/python -m tests.chaos --packs 200 --instances 3 --kill-every 5 --brokers 3 --broker-kill-every 10 \
+	    --broker-down 5 --min-broker-kills 4 --no-broker-restart
 
 clean: kafka-stop
 	rm -rf var .pytest_cache .mypy_cache .ruff_cache

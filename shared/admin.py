@@ -12,10 +12,10 @@ from dataclasses import dataclass
 
 from aiokafka import TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.conn import create_conn
 from aiokafka.errors import (
     AuthenticationFailedError,
     AuthenticationMethodNotSupported,
-    KafkaConnectionError,
     KafkaError,
     SaslAuthenticationFailed,
     TopicAlreadyExistsError,
@@ -28,6 +28,8 @@ from shared.settings import CommonSettings
 from shared.topics import REGISTRY
 
 log = logging.getLogger("packline.admin")
+AUTHENTICATION = (AuthenticationFailedError, AuthenticationMethodNotSupported, SaslAuthenticationFailed,
+                  UnsupportedSaslMechanismError)
 
 
 class KafkaSetupError(Exception):
@@ -52,22 +54,36 @@ async def connect_admin(kafka: KafkaConfig, timeout_s: float = 30.0) -> AIOKafka
             await admin.start()
             await admin.list_topics()
             return admin
-        except (AuthenticationFailedError, AuthenticationMethodNotSupported, SaslAuthenticationFailed,
-                UnsupportedSaslMechanismError) as exc:
+        except (KafkaError, OSError) as exc:
             await admin.close()
-            raise KafkaSetupError(f"Kafka at {kafka.bootstrap} refused the credentials ({kafka.security_protocol}, "
-                                  f"{kafka.sasl_mechanism}, user {kafka.sasl_username!r}): {exc}") from exc
-        except ssl.SSLError as exc:
-            await admin.close()
-            raise KafkaSetupError(f"TLS with Kafka at {kafka.bootstrap} failed: {exc.reason or exc}") from exc
-        except (KafkaConnectionError, KafkaError, OSError) as exc:
-            await admin.close()
-            cause = exc.__cause__ or exc.__context__
-            if isinstance(cause, ssl.SSLError):
-                raise KafkaSetupError(f"TLS with Kafka at {kafka.bootstrap} failed: {cause.reason or cause}") from exc
+            # aiokafka only logs why it could not bootstrap: ask one broker directly to learn it.
+            refused = _refusal(exc) or await _refusal_of_first_broker(kafka)
+            if refused:
+                raise KafkaSetupError(f"Kafka at {kafka.bootstrap} ({kafka.security_protocol}) refused the connection: {refused}") from exc
             if time.monotonic() > deadline:
                 raise BrokerUnavailable(f"Kafka at {kafka.bootstrap} did not answer: {exc!r}") from exc
             await asyncio.sleep(1.0)
+
+
+def _refusal(exc: BaseException) -> str | None:
+    """What in `exc` (or its cause) says the settings are wrong rather than the cluster away."""
+    for err in (exc, exc.__cause__, exc.__context__):
+        if isinstance(err, AUTHENTICATION):
+            return f"authentication failed ({err.__class__.__name__}): check KAFKA_SASL_* settings"
+        if isinstance(err, ssl.SSLError):
+            return f"TLS failed ({err.reason or err}): check KAFKA_SSL_* settings"
+    return None
+
+
+async def _refusal_of_first_broker(kafka: KafkaConfig) -> str | None:
+    host, _, port = kafka.bootstrap.split(",")[0].strip().rpartition(":")
+    options = {k: v for k, v in kafka.options().items() if k != "bootstrap_servers"}
+    try:
+        conn = await create_conn(host, int(port), client_id="packline-admin", request_timeout_ms=5_000, **options)
+    except Exception as exc:
+        return _refusal(exc)
+    conn.close()
+    return None
 
 
 async def ensure_topics(settings: CommonSettings) -> list[TopicState]:

@@ -17,7 +17,7 @@ import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable, Iterable, Sequence
-from typing import TypeAlias
+from typing import Any, TypeAlias
 
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.structs import ConsumerRecord
@@ -73,6 +73,15 @@ class ConsumerLoop:
     def spawn(self) -> None:
         self._task = asyncio.create_task(self._run(), name=self.name)
 
+    def read_ahead(self, queued: int, limit: int) -> None:
+        """Fetch only while fewer than `limit` messages wait in a read-ahead buffer: pause
+        every owned partition past it, resume once the buffer has room."""
+        assert self.consumer is not None
+        if queued >= limit:
+            self.consumer.pause(*self.consumer.assignment())
+        elif self.consumer.paused():
+            self.consumer.resume(*self.consumer.paused())
+
     async def stop(self) -> None:
         await self.halt()
         if self.consumer is not None:
@@ -96,9 +105,12 @@ class ConsumerLoop:
                 await asyncio.sleep(1)
 
 
-async def read_from_start(kafka: KafkaConfig, topic: str, client_id: str) -> tuple[AIOKafkaConsumer, list[TopicPartition]]:
-    """A group-less consumer on every partition of `topic`, positioned at the beginning."""
-    consumer = kafka.consumer(group_id=None, enable_auto_commit=False, client_id=client_id)
+async def read_from_start(
+    kafka: KafkaConfig, topic: str, client_id: str, **options: Any,
+) -> tuple[AIOKafkaConsumer, list[TopicPartition]]:
+    """A group-less consumer on every partition of `topic`, positioned at the beginning
+    (`options`: more aiokafka consumer settings)."""
+    consumer = kafka.consumer(group_id=None, enable_auto_commit=False, client_id=client_id, **options)
     try:
         await consumer.start()
         tps = await partitions_of(kafka, topic)
@@ -108,6 +120,63 @@ async def read_from_start(kafka: KafkaConfig, topic: str, client_id: str) -> tup
         await consumer.stop()
         raise
     return consumer, tps
+
+
+class FeedReader(ConsumerLoop):
+    """A group-less reader of every partition of one topic, from the beginning, followed
+    for ever (the key revocations, the key registry). `ready` is set once it has
+    read up to the end offsets taken at start: what was on the topic then is applied, so
+    the state may be trusted. `handle` gets each partition's records in order."""
+
+    max_records = 2_000  # per step: the event loop answers requests (503s) between steps
+
+    def __init__(self, kafka: KafkaConfig, topic: str, client_id: str) -> None:
+        self.kafka, self.topic, self.client_id = kafka, topic, client_id
+        self.ready = asyncio.Event()
+        self._catch_up_to: dict[TopicPartition, int] = {}
+
+    def handle(self, records: list[Record]) -> None:
+        raise NotImplementedError
+
+    def on_ready(self) -> None:
+        """Called once, when `ready` is set."""
+
+    async def start(self) -> None:
+        """Returns at once: connecting and catching up happen in the background (a failed
+        attempt is logged and tried again), and `ready` says when they are done."""
+        self.spawn()
+
+    async def _connect(self) -> None:
+        # Large fetches: catching up on a long topic is many records per round trip.
+        consumer, tps = await read_from_start(
+            self.kafka, self.topic, self.client_id, max_partition_fetch_bytes=8 << 20, fetch_max_bytes=64 << 20,
+        )
+        try:
+            ends = await consumer.end_offsets(tps)
+        except BaseException:
+            await consumer.stop()
+            raise
+        self.consumer, self._catch_up_to = consumer, ends
+        await self._check_ready()
+
+    async def _check_ready(self) -> None:
+        assert self.consumer is not None
+        if self.ready.is_set():
+            return
+        for tp, end in self._catch_up_to.items():
+            if await self.consumer.position(tp) < end:
+                return
+        self.ready.set()
+        self.on_ready()
+
+    async def step(self) -> None:
+        if self.consumer is None:
+            await self._connect()
+            return
+        batches = await self.consumer.getmany(timeout_ms=200 if self.ready.is_set() else 50, max_records=self.max_records)
+        for records in batches.values():
+            self.handle(records)
+        await self._check_ready()
 
 
 class OrderedConsumer(ConsumerLoop):

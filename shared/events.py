@@ -12,10 +12,13 @@ import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime
 from enum import StrEnum
-from typing import Annotated, Any, ClassVar, Literal, TypeVar, overload
+from functools import reduce
+from operator import or_
+from typing import Annotated, Any, ClassVar, Generic, Literal, TypeVar, overload
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, TypeAdapter, ValidationError
 
+from shared.auth import KEY_ID_PATTERN, Scope
 from shared.errors import InvalidMessage
 
 UserId = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_-]{1,64}$")]
@@ -131,6 +134,8 @@ class PackRequested(Event):
     aplus: bool = False
     idempotency_key: str | None = None
     request_hash: str | None = None
+    # Who published the request ("api", or a service's own name): intake limits the backlog per source.
+    source: Annotated[str, StringConstraints(max_length=100)] | None = None
 
 
 class PackAccepted(Event):
@@ -285,13 +290,77 @@ class DlqReplayed(Event):
 
 
 class KeyRevoked(Event):
-    """Every API key of `user_id` with a generation below `below_generation` is revoked."""
+    """Every API key of `user_id` with a generation below `below_generation` is revoked
+    (account keys and named keys alike)."""
 
     TYPE = "key.revoked"
     type: Literal["key.revoked"] = "key.revoked"
     version: Literal[1] = 1
     user_id: UserId
     below_generation: int = Field(ge=1)
+    by: str | None = None  # the operator who revoked them
+
+
+KeyId = Annotated[str, StringConstraints(pattern=KEY_ID_PATTERN)]
+KeyName = Annotated[str, StringConstraints(min_length=1, max_length=100, strip_whitespace=True)]
+Scopes = Annotated[list[Scope], Field(min_length=1, max_length=4)]
+
+
+class NamedKeyCreated(Event):
+    """A named key was made (its secret is never on the log: the key is a signed token,
+    re-made from these fields by whoever holds the secret). Created at `occurred_at`."""
+
+    TYPE = "named_key.created"
+    type: Literal["named_key.created"] = "named_key.created"
+    version: Literal[1] = 1
+    user_id: UserId
+    key_id: KeyId
+    name: KeyName
+    scopes: Scopes
+    generation: int = Field(ge=0)
+    by: str  # `user:<id>` over HTTP, or the operator
+
+
+class NamedKeyRevoked(Event):
+    """One named key is revoked, for ever; the other keys of the user stay valid. It
+    carries what the key was, so a compacted registry that keeps only this record still
+    lists the key. Revoked at `occurred_at`."""
+
+    TYPE = "named_key.revoked"
+    type: Literal["named_key.revoked"] = "named_key.revoked"
+    version: Literal[1] = 1
+    user_id: UserId
+    key_id: KeyId
+    name: KeyName
+    scopes: Scopes
+    generation: int = Field(ge=0)
+    created_at: datetime
+    by: str
+
+
+class NamedKeyUsed(Event):
+    """A named key was used (reported at most every few minutes per key and process)."""
+
+    TYPE = "named_key.used"
+    type: Literal["named_key.used"] = "named_key.used"
+    version: Literal[1] = 1
+    user_id: UserId
+    key_id: KeyId
+    service: str
+
+
+class KeyOldSecretUsed(Event):
+    """A key was verified by a secret that no longer signs (index >= 1 of PACKLINE_SECRETS):
+    it stops working when that secret is dropped. At most once per key per process."""
+
+    TYPE = "key.old_secret_used"
+    type: Literal["key.old_secret_used"] = "key.old_secret_used"
+    version: Literal[1] = 1
+    user_id: UserId
+    key_id: KeyId | None = None  # None: an account key
+    generation: int = Field(ge=0)
+    secret_index: int = Field(ge=1)
+    service: str
 
 
 E = TypeVar("E", bound=Event)
@@ -328,6 +397,31 @@ def decode(raw: bytes | None, accept: tuple[type[Event], ...] | None = None) -> 
         return model.model_validate(data)
     except ValidationError as exc:
         raise InvalidMessage(f"{etype} v{version} fails its schema: {_short(exc)}") from exc
+
+
+class Decoder(Generic[E]):
+    """`decode(raw, accept)` for a reader that goes through very many messages of a few
+    types (the revocation feed at start): one pass of pydantic's JSON parser for messages
+    of the newest versions, and `decode` itself for anything else (older versions to
+    upcast, invalid messages and their reasons), so the result is the same, about 3x sooner."""
+
+    def __init__(self, accept: tuple[type[E], ...]) -> None:
+        self.accept = accept
+        union: Any = reduce(or_, accept)
+        if len(accept) > 1:  # one type per message: the discriminator picks the model at once
+            union = Annotated[union, Field(discriminator="type")]
+        self._adapter: TypeAdapter[Any] = TypeAdapter(union)
+
+    def __call__(self, raw: bytes | None) -> E:
+        if raw is not None:
+            try:
+                event = self._adapter.validate_json(raw)
+            except ValidationError:
+                pass
+            else:
+                if isinstance(event, self.accept) and {"type", "version"} <= event.model_fields_set:
+                    return event
+        return decode(raw, self.accept)
 
 
 def _short(exc: ValidationError) -> str:

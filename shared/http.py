@@ -1,21 +1,25 @@
-"""What every HTTP edge shares: the Bearer API key check (signature and revocation), typed
+"""What every HTTP edge shares: the Bearer API key check (signature, revocation, and
+readiness: fail closed until the revocations are read), the scope check (`Scoped`), typed
 access to what an app keeps in its state, and one /healthz + /metrics router (the api,
 the notifier and the two workers all serve it)."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any, Literal, TypeVar, overload
 
 from fastapi import APIRouter, Depends, HTTPException, Request, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from shared.auth import AuthError, verify_api_key
+from shared.auth import AuthError, KeyClaims, Keyring, Scope
+from shared.keys import KeyUsage
 from shared.revocations import Revocations
 
 T = TypeVar("T")
+ApiKey = KeyClaims  # a verified, unrevoked API key: user, generation, key id (None: account key), scopes
+RETRY_AFTER_S = 1
 
 
 def from_state(request: Request, name: str, kind: type[T]) -> T:
@@ -30,40 +34,79 @@ def unauthorized(detail: str) -> HTTPException:
     return HTTPException(401, detail, headers={"WWW-Authenticate": "Bearer"})
 
 
+def not_ready(what: str = "the key revocations") -> HTTPException:
+    """Fail closed: before the revocation feed is read to its end, a revoked key cannot be told apart."""
+    return HTTPException(503, f"not ready: still reading {what}", headers={"Retry-After": str(RETRY_AFTER_S)})
+
+
 @dataclass(frozen=True)
 class KeyCheck:
     """What verifying an API key needs; the app's wiring puts one in `app.state.keys`."""
 
-    secret: str
+    keyring: Keyring
     revocations: Revocations
+    usage: KeyUsage | None = None  # reports last use and keys of retiring secrets
+
+    def admit(self, user_id: str, generation: int, key_id: str | None) -> None:
+        """503 until the revocations are known, 401 if this key (or the key behind a stream
+        token) is revoked."""
+        if not self.revocations.ready.is_set():
+            raise not_ready()
+        if not self.revocations.allows(user_id, generation, key_id):
+            raise unauthorized("API key revoked")
 
 
-@dataclass(frozen=True)
-class ApiKey:
-    user_id: str
-    generation: int
-
-
-def bearer_key(request: Request) -> ApiKey | None:
+async def bearer_key(request: Request) -> ApiKey | None:
     """The request's Bearer API key, verified and not revoked; None when it has none.
-    A bad, forged or revoked key is a 401."""
+    A bad, forged or revoked key is a 401; any key before the revocations are read, a 503.
+    (Async: it runs on the event loop, where the revocations change and usage is reported.)"""
     scheme, _, token = request.headers.get("authorization", "").partition(" ")
     if scheme.lower() != "bearer" or not token.strip():
         return None
     check = from_state(request, "keys", KeyCheck)
+    if not check.revocations.ready.is_set():
+        raise not_ready()
     try:
-        user_id, generation = verify_api_key(check.secret, token.strip())
+        key = check.keyring.verify_key(token.strip())
     except AuthError as exc:
         raise unauthorized(str(exc)) from exc
-    if not check.revocations.allows(user_id, generation):
-        raise unauthorized("API key revoked")
-    return ApiKey(user_id, generation)
+    check.admit(key.user_id, key.generation, key.key_id)
+    if check.usage is not None:
+        check.usage.seen(key)
+    return key
 
 
-def required_key(key: Annotated[ApiKey | None, Depends(bearer_key)]) -> ApiKey:
+async def required_key(key: Annotated[ApiKey | None, Depends(bearer_key)]) -> ApiKey:
     if key is None:
         raise unauthorized("missing bearer API key")
     return key
+
+
+def lacks_scope(scope: str) -> HTTPException:
+    return HTTPException(403, f"API key lacks scope {scope}")
+
+
+@overload
+def Scoped(scope: Scope, optional: Literal[False] = False) -> Callable[..., Awaitable[ApiKey]]: ...
+@overload
+def Scoped(scope: Scope, optional: Literal[True]) -> Callable[..., Awaitable[ApiKey | None]]: ...
+def Scoped(scope: Scope, optional: bool = False) -> Callable[..., Awaitable[ApiKey | None]]:
+    """The dependency of an endpoint that needs `scope`: the caller's API key if it holds
+    it, else 403 naming the scope (401 without a valid key, 503 before the revocations are
+    read). With `optional`, no Bearer key at all is None (the endpoint takes a stream
+    token instead): `Annotated[ApiKey, Depends(Scoped("packs:write"))]`."""
+
+    async def scoped(key: Annotated[ApiKey | None, Depends(bearer_key)]) -> ApiKey | None:
+        if key is None:
+            if optional:
+                return None
+            raise unauthorized("missing bearer API key")
+        if not key.has(scope):
+            raise lacks_scope(scope)
+        return key
+
+    scoped.__name__ = f"scoped_{scope.replace(':', '_')}{'_optional' if optional else ''}"
+    return scoped
 
 
 OptionalKey = Annotated[ApiKey | None, Depends(bearer_key)]

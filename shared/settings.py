@@ -9,6 +9,7 @@ from pathlib import Path
 from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from shared.auth import Keyring, parse_secrets
 from shared.kafka import KafkaConfig, SaslMechanism, SecurityProtocol
 from shared.topics import Topics
 
@@ -34,7 +35,8 @@ class CommonSettings(BaseSettings):
     topic_prefix: str = ""
     topic_partitions: int = Field(default=6, ge=1)
     var_dir: Path = ROOT / "var"
-    packline_secret: str = ""
+    packline_secret: str = ""  # the one secret, when PACKLINE_SECRETS is not set
+    packline_secrets: str = ""  # comma-separated: the first signs, every one verifies (rotation)
     notifier_public_url: str = "http://127.0.0.1:8001"
     api_public_url: str = "http://127.0.0.1:8000"
     price_listing: int = Field(default=1, ge=0)
@@ -43,9 +45,15 @@ class CommonSettings(BaseSettings):
 
     @model_validator(mode="after")
     def _secret(self) -> CommonSettings:
-        if not self.packline_secret:
-            self.packline_secret = load_or_create_secret(self.var_dir / "secret")
+        listed = parse_secrets(self.packline_secrets, self.packline_secret)
+        # `packline_secret` is always the signing secret: the first of the list.
+        self.packline_secret = listed[0] if listed else load_or_create_secret(self.var_dir / "secret")
         return self
+
+    @property
+    def keyring(self) -> Keyring:
+        """Every secret in force; the first signs (`packline_secret`), each one verifies."""
+        return Keyring(parse_secrets(self.packline_secrets, self.packline_secret))
 
     @property
     def kafka(self) -> KafkaConfig:

@@ -25,14 +25,18 @@ from shared.events import (
     ImageJob,
     ImageReplayed,
     ImageStatus,
+    KeyOldSecretUsed,
     KeyRevoked,
+    NamedKeyCreated,
+    NamedKeyRevoked,
+    NamedKeyUsed,
     PackAccepted,
     PackRequested,
     PackStatus,
 )
 
 E = TypeVar("E", bound=Event)
-Key = Literal["user_id", "pack_id", "operator", "original key"]
+Key = Literal["user_id", "pack_id", "operator", "original key", "user_id or key_id", "key_id or key_id/used"]
 
 # Fixed backoff tiers in seconds; a job waits in the smallest tier that covers its delay.
 RETRY_TIERS_S: tuple[int, ...] = (1, 5, 30, 120, 300)
@@ -54,6 +58,9 @@ ImageResult = ImageCompleted | ImageFailed | ImageReplayed
 PackFeed = PackStatus | ImageStatus
 CreditsCommand = AccountCreate | CreditsGrant | BalanceQuery
 CreditsReply = CreditsChanged | CreditsBalance
+Revocation = KeyRevoked | NamedKeyRevoked
+KeyRecord = NamedKeyCreated | NamedKeyRevoked | NamedKeyUsed
+AuditRecord = DlqReplayed | NamedKeyCreated | NamedKeyRevoked | KeyRevoked | KeyOldSecretUsed
 
 PACKS_REQUESTED = TopicSpec[PackRequested]("packs.requested", (PackRequested,), "user_id", "pack requests from the api or any publisher")
 PACKS_ACCEPTED = TopicSpec[PackAccepted]("packs.accepted", (PackAccepted,), "pack_id", "packs debited by credits, for generation")
@@ -74,10 +81,21 @@ CREDITS_EVENTS = TopicSpec[CreditsReply](
 INVALID_DLQ = TopicSpec[Event](
     "invalid.dlq", (), "original key", "messages of any topic that could not be parsed or validated", KEEP_FOREVER,
 )
-OPS_AUDIT = TopicSpec[DlqReplayed]("ops.audit", (DlqReplayed,), "operator", "what operators did", KEEP_FOREVER)
-# Only the newest revocation per user matters, for ever.
-AUTH_REVOCATIONS = TopicSpec[KeyRevoked](
-    "auth.revocations", (KeyRevoked,), "user_id", "API key revocations", {"cleanup.policy": "compact"},
+OPS_AUDIT = TopicSpec[AuditRecord](
+    "ops.audit", (DlqReplayed, NamedKeyCreated, NamedKeyRevoked, KeyRevoked, KeyOldSecretUsed), "operator",
+    "what operators did, and every key event (created, revoked, verified by a retiring secret)", KEEP_FOREVER,
+)
+# Compacted: only the newest user-wide revocation per user (keyed by user id) and each
+# revoked named key (keyed by key id) matter, for ever. Read to its end before any key is trusted.
+AUTH_REVOCATIONS = TopicSpec[Revocation](
+    "auth.revocations", (KeyRevoked, NamedKeyRevoked), "user_id or key_id", "API key revocations",
+    {"cleanup.policy": "compact"},
+)
+# The key registry: what each named key is (created, then possibly revoked: both keyed by key
+# id, so compaction keeps the newest) and when it was last used (keyed `<key id>/used`).
+AUTH_KEYS = TopicSpec[KeyRecord](
+    "auth.keys", (NamedKeyCreated, NamedKeyRevoked, NamedKeyUsed), "key_id or key_id/used",
+    "the registry of named API keys: names, scopes, created, last used, revoked", {"cleanup.policy": "compact"},
 )
 RETRY_TIERS: tuple[TopicSpec[ImageJob], ...] = tuple(
     TopicSpec[ImageJob](f"images.retry.{s}s", (ImageJob,), "pack_id", f"image jobs waiting {s} s before their next attempt")
@@ -86,7 +104,7 @@ RETRY_TIERS: tuple[TopicSpec[ImageJob], ...] = tuple(
 
 REGISTRY: tuple[TopicSpec[Any], ...] = (
     PACKS_REQUESTED, PACKS_ACCEPTED, PACKS_STATUS, IMAGES_JOBS, IMAGES_RESULTS, IMAGES_DLQ, CREDITS_COMMANDS,
-    CREDITS_EVENTS, INVALID_DLQ, OPS_AUDIT, AUTH_REVOCATIONS, *RETRY_TIERS,
+    CREDITS_EVENTS, INVALID_DLQ, OPS_AUDIT, AUTH_REVOCATIONS, AUTH_KEYS, *RETRY_TIERS,
 )
 
 
@@ -153,3 +171,7 @@ class Topics:
     @property
     def auth_revocations(self) -> str:
         return self.name(AUTH_REVOCATIONS)
+
+    @property
+    def auth_keys(self) -> str:
+        return self.name(AUTH_KEYS)

@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
+import os
+import subprocess
+import sys
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -11,6 +15,8 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+from aiokafka import TopicPartition
+from aiokafka.structs import RecordMetadata
 
 from services.cli import kafka_io, sse
 from services.cli.stack import SERVICES, Stack
@@ -18,9 +24,22 @@ from shared.auth import make_api_key
 from shared.devbroker import free_port
 from shared.events import AccountCreate, BalanceQuery, CreditsBalance, ImageStatus, decode
 from shared.kafka import KafkaConfig, Outgoing
+from shared.settings import CommonSettings
 from shared.topics import Topics
 
 FAST_BACKEND = {"LOCAL_IMAGE_LATENCY_MS": "200", "RETRY_BASE_DELAY_S": "0.5", "RETRY_MAX_DELAY_S": "2"}
+CALL_LOG = "provider-calls.jsonl"  # in the stack's tmp dir: LOCAL_IMAGE_CALL_LOG of every stack
+
+
+def read_provider_calls(path: Path | str) -> list[dict[str, Any]]:
+    """The local backend's call log (LOCAL_IMAGE_CALL_LOG): one dict per provider call, in the
+    order the calls ended: pack_id, image_id, run, attempt, pid, start and end (epoch
+    seconds), outcome (`ok`, `transient`, `permanent`, `cancelled` or `error`). No file: no calls."""
+    try:
+        text = Path(path).read_text()
+    except FileNotFoundError:
+        return []
+    return [json.loads(line) for line in text.splitlines() if line.strip()]
 
 
 @dataclass
@@ -43,7 +62,7 @@ class RunningStack:
         ports = {name: str(free_port()) for name in ("API_PORT", "NOTIFIER_PORT", "CREDITS_PORT", "GENERATION_PORT")}
         env = {
             "KAFKA_BOOTSTRAP_SERVERS": bootstrap, "TOPIC_PREFIX": prefix, "PACKLINE_SECRET": secret,
-            "VAR_DIR": str(tmp), "TOPIC_PARTITIONS": "3", **ports,
+            "VAR_DIR": str(tmp), "TOPIC_PARTITIONS": "3", **ports, "LOCAL_IMAGE_CALL_LOG": str(tmp / CALL_LOG),
             "API_PUBLIC_URL": f"http://127.0.0.1:{ports['API_PORT']}",
             "NOTIFIER_PUBLIC_URL": f"http://127.0.0.1:{ports['NOTIFIER_PORT']}",
             **FAST_BACKEND, **overrides,
@@ -58,7 +77,8 @@ class RunningStack:
 
     @property
     def kafka(self) -> KafkaConfig:
-        return KafkaConfig(self.bootstrap)
+        """The client settings the services use (a secured listener's too)."""
+        return CommonSettings.model_validate({k.lower(): v for k, v in self.env.items()}).kafka
 
     @property
     def api(self) -> str:
@@ -144,3 +164,72 @@ class RunningStack:
 
     async def decoded(self, topic: str) -> list[Any]:
         return [decode(r.value) for r in await self.records(topic)]
+
+    async def publish(self, messages: list[Outgoing]) -> list[RecordMetadata]:
+        """Publish and wait for the acks; where each message landed."""
+        async with kafka_io.open_publisher(self.kafka) as publisher:
+            futures = await publisher.enqueue(messages, keep=False)
+            await publisher.wait(futures)
+        return [f.result() for f in futures]
+
+    def provider_calls(self, pack_id: str | None = None) -> list[dict[str, Any]]:
+        """Every call the local backend made for this stack (of one pack), in the order they ended."""
+        calls = read_provider_calls(self.env["LOCAL_IMAGE_CALL_LOG"])
+        return [c for c in calls if pack_id is None or c["pack_id"] == pack_id]
+
+    async def committed(self, group: str, tps: list[TopicPartition]) -> dict[TopicPartition, int]:
+        """The consumer group's committed offsets (the next offset it will read; -1: none)."""
+        admin = self.kafka.admin(client_id="packline-test")
+        await admin.start()
+        try:
+            offsets = await admin.list_consumer_group_offsets(group, partitions=tps)
+        finally:
+            await admin.close()
+        return {tp: offsets[tp].offset if tp in offsets else -1 for tp in tps}
+
+    async def consumed(self, group: str, sent: list[RecordMetadata], timeout: float = 60) -> None:
+        """Until `group` has committed past every message in `sent`. Its consumers commit only
+        after a message's effects are acknowledged, so those effects have happened."""
+        need: dict[TopicPartition, int] = {}
+        for meta in sent:
+            tp = TopicPartition(meta.topic, meta.partition)
+            need[tp] = max(need.get(tp, 0), meta.offset + 1)
+        deadline = asyncio.get_running_loop().time() + timeout
+        while True:
+            have = await self.committed(group, list(need))
+            if all(have[tp] >= n for tp, n in need.items()):
+                return
+            assert asyncio.get_running_loop().time() < deadline, f"{group} committed {have}, needs {need}"
+            await asyncio.sleep(0.2)
+
+
+# --- Keys (tests/e2e/test_keys.py): the CLI, restarts with other settings, a long revocation feed ---
+
+async def run_cli(stack: RunningStack, *args: str) -> subprocess.CompletedProcess[str]:
+    """`packline ARGS...` against the stack (its env: topics, secrets), exit code checked."""
+    out = await asyncio.to_thread(
+        subprocess.run, [sys.executable, "-m", "services.cli", *args], env={**os.environ, **stack.stack.env},
+        capture_output=True, text=True, timeout=120,
+    )
+    assert out.returncode == 0, out.stdout + out.stderr
+    return out
+
+
+def restart(stack: RunningStack, *services: str, wait: bool = True, **env: str) -> None:
+    """Stop the services, change their settings (e.g. PACKLINE_SECRETS), start them again."""
+    for name in services:
+        stack.stack.stop(name)
+    stack.stack.env.update(env)
+    stack.env.update(env)
+    for name in services:
+        stack.stack.start(name)
+    for name in services if wait else ():
+        stack.stack.wait_healthy(90, name)
+
+
+async def flood_revocations(stack: RunningStack, n: int) -> None:
+    """n revocations of other users' keys (half user-wide, half one named key each) on
+    auth.revocations: a long feed for the api and the notifier to read at start."""
+    from tests.bench.revocations_bench import fill, records
+
+    await fill(stack.kafka, stack.topics.auth_revocations, records(n, named_share=0.5, users=max(1, n // 2)))

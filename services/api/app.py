@@ -4,17 +4,20 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
+from typing import Any
 
 from fastapi import FastAPI, Request, Response
 from fastapi.responses import JSONResponse
 from starlette.middleware.cors import CORSMiddleware
 
+from services.api import keys
 from services.api.limits import IdempotencyIndex, RateLimiter
 from services.api.routes import router
 from services.api.settings import Settings
 from shared.http import KeyCheck, health_router
 from shared.images import ImageStore
 from shared.kafka import Publisher
+from shared.keys import KeyRegistry, KeyUsage
 from shared.revocations import Revocations
 
 
@@ -22,22 +25,34 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or Settings()
     revocations = Revocations(settings.kafka, settings.topics.auth_revocations)
     publisher = Publisher(settings.kafka, "packline-api", settings.api_kafka_timeout_s)
+    registry = KeyRegistry(settings.kafka, settings.topics.auth_keys)
+    usage = KeyUsage(publisher, settings.topics, "api")
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
-        await publisher.start()
+        # Both connect and catch up in the background: the port opens at once, and requests
+        # with a key get 503 until the revocations are read (shared.http); /healthz says so.
         await revocations.start()
+        await registry.start()
+        await publisher.start()
         try:
             yield
         finally:
+            await usage.drain()
+            await registry.stop()
             await revocations.stop()
             await publisher.stop()
+
+    def readiness() -> dict[str, Any]:
+        ready = revocations.ready.is_set() and registry.ready.is_set()
+        return {"status": "ok" if ready else "starting", "revocations": revocations.records}
 
     # Topics are created before this app starts (`packline serve` does it, and checks the cluster).
     app = FastAPI(title="packline api", version="1.0.0", lifespan=lifespan)
     app.state.settings = settings
     app.state.publisher = publisher
-    app.state.keys = KeyCheck(settings.packline_secret, revocations)
+    app.state.keys = KeyCheck(settings.keyring, revocations, usage)
+    app.state.registry = registry
     app.state.limiter = RateLimiter(settings.rate_limit_per_s, settings.rate_limit_burst)
     app.state.idempotency = IdempotencyIndex()
     app.state.images = ImageStore(settings.images_dir, settings.api_public_url)
@@ -50,6 +65,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             return JSONResponse({"detail": f"body larger than {settings.max_body_bytes} bytes"}, status_code=413)
         return await call_next(request)
 
-    app.include_router(health_router("api"))
+    app.include_router(health_router("api", readiness))
     app.include_router(router)
+    app.include_router(keys.router)
     return app

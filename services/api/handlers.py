@@ -9,8 +9,8 @@ from typing import Annotated, NamedTuple
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from shared.events import LISTING_KINDS, ImageKind, PackRequested, Product, stable_id
-from shared.pricing import pack_cost, plan_pack
+from shared.events import LISTING_KINDS, ImageKind, PackRequested, PackStatus, Product, stable_id
+from shared.pricing import draft, pack_cost, plan_pack
 
 
 class PackRequestBody(BaseModel):
@@ -54,6 +54,7 @@ class Request(NamedTuple):
     event: PackRequested
     cost: int
     body_hash: str
+    draft: PackStatus  # published with the request: the pack is visible at once
 
 
 def build_request(
@@ -63,6 +64,7 @@ def build_request(
     digest = request_hash(body)
     event = PackRequested(
         pack_id=pack_id_for(user_id, idempotency_key), user_id=user_id, product=body.product,
-        images=images, aplus=body.aplus, idempotency_key=idempotency_key, request_hash=digest,
+        images=images, aplus=body.aplus, idempotency_key=idempotency_key, request_hash=digest, source="api",
     )
-    return Request(event, pack_cost(plan_pack(images, body.aplus, price_listing, price_aplus)), digest)
+    specs = plan_pack(images, body.aplus, price_listing, price_aplus)
+    return Request(event, pack_cost(specs), digest, draft(event, specs))

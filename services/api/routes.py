@@ -11,11 +11,11 @@ from fastapi.responses import FileResponse, HTMLResponse
 from prometheus_client import Counter, Histogram
 
 from services.api import handlers
-from services.api.deps import IdempotencyDep, ImagesDep, LimiterDep, PublisherDep, SettingsDep, UserDep
+from services.api.deps import IdempotencyDep, ImagesDep, KeyCheckDep, LimiterDep, PublisherDep, ReaderDep, SettingsDep, WriterKey
 from shared.auth import make_stream_token
 from shared.errors import BrokerUnavailable
 from shared.kafka import Outgoing
-from shared.topics import PACKS_REQUESTED
+from shared.topics import PACKS_REQUESTED, PACKS_STATUS
 
 router = APIRouter()
 PACKS = Counter("packline_api_packs_total", "pack requests by outcome", ["outcome"])
@@ -26,21 +26,25 @@ STATIC = Path(__file__).parent / "static"
 
 @router.post("/v1/packs", status_code=202, response_model=handlers.PackAccepted202)
 async def create_pack(
-    body: handlers.PackRequestBody, user_id: UserDep, settings: SettingsDep, publisher: PublisherDep,
-    limiter: LimiterDep, index: IdempotencyDep,
+    body: handlers.PackRequestBody, key: WriterKey, settings: SettingsDep, publisher: PublisherDep,
+    limiter: LimiterDep, index: IdempotencyDep, check: KeyCheckDep,
     idempotency_key: Annotated[str | None, Header(pattern=IDEMPOTENCY_KEY, description="1-200 printable ASCII characters")] = None,
 ) -> handlers.PackAccepted202:
+    user_id = key.user_id
     wait = limiter.take(user_id)
     if wait:
         PACKS.labels("rate_limited").inc()
         raise HTTPException(429, "too many requests", headers={"Retry-After": str(math.ceil(wait))})
-    event, cost, digest = handlers.build_request(user_id, body, idempotency_key, settings.price_listing, settings.price_aplus)
+    event, cost, digest, draft = handlers.build_request(user_id, body, idempotency_key, settings.price_listing, settings.price_aplus)
     if idempotency_key and not index.check(user_id, idempotency_key, digest):
         PACKS.labels("conflict").inc()
         raise HTTPException(409, "this Idempotency-Key was already used with a different request body")
     try:
         with PRODUCE_SECONDS.time():
-            await publisher.send([Outgoing.of(settings.topics.name(PACKS_REQUESTED), event, user_id)])
+            await publisher.send([
+                Outgoing.of(settings.topics.name(PACKS_STATUS), draft, event.pack_id),
+                Outgoing.of(settings.topics.name(PACKS_REQUESTED), event, user_id),
+            ])
     except BrokerUnavailable as exc:
         PACKS.labels("unavailable").inc()
         raise HTTPException(503, "the pack queue is unavailable; nothing was charged, try again", headers={"Retry-After": "5"}) from exc
@@ -51,12 +55,14 @@ async def create_pack(
     base = settings.notifier_public_url.rstrip("/")
     return handlers.PackAccepted202(
         pack_id=pack_id, cost=cost, status_url=f"{base}/v1/packs/{pack_id}", stream_url=f"{base}/v1/packs/{pack_id}/events",
-        stream_token=make_stream_token(settings.packline_secret, user_id, pack_id, settings.stream_token_ttl_s),
+        # The token carries the key that minted it: revoking that key ends the token too.
+        stream_token=make_stream_token(check.keyring.signing, user_id, pack_id, settings.stream_token_ttl_s,
+                                       generation=key.generation, key_id=key.key_id),
     )
 
 
 @router.get("/v1/images/{pack_id}/{image_id}", response_class=FileResponse)
-async def get_image(pack_id: str, image_id: str, user_id: UserDep, images: ImagesDep) -> FileResponse:
+async def get_image(pack_id: str, image_id: str, user_id: ReaderDep, images: ImagesDep) -> FileResponse:
     path = images.owned_file(pack_id, image_id, user_id)
     if path is None:
         raise HTTPException(404, "no such image")

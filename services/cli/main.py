@@ -9,7 +9,7 @@ from typing import Any
 
 import typer
 
-from services.cli import accounts, audit, credits, dlq, kafka, packs, run, schemas, serve, topics
+from services.cli import accounts, audit, credits, dlq, kafka, notifier, packs, run, schemas, serve, topics
 
 app = typer.Typer(
     no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False, help="packline: marketplace image packs on Kafka"
@@ -21,6 +21,7 @@ for command in (serve.serve, audit.audit, packs.submit, packs.watch, run.up, run
 for group, name in ((accounts.app, "accounts"), (credits.app, "credits"), (topics.app, "topics"),
                     (schemas.app, "schemas"), (kafka.app, "kafka"), (dlq.app, "dlq")):
     app.add_typer(group, name=name)
+app.add_typer(notifier.app, name="notifier")
 
 
 def main() -> Any:

@@ -1,6 +1,7 @@
 """credits worker: the ledger. Debits accepted packs, refunds failed images, settles packs.
 
-Wiring only; the logic is in handlers.py, the money in ledger.py.
+Wiring only; the logic is in handlers.py, the money in ledger.py, the fair intake of pack
+requests in intake.py.
 """
 
 from __future__ import annotations
@@ -14,12 +15,12 @@ from typing import Any
 from fastapi import FastAPI
 
 from services.credits import handlers
+from services.credits.intake import Batch, Intake
 from services.credits.ledger import Ledger
 from services.credits.settings import Settings
 from shared.consumer import OrderedConsumer, Record
-from shared.events import PackRequested
 from shared.kafka import Outgoing, Publisher
-from shared.topics import CREDITS_COMMANDS, IMAGES_RESULTS, PACKS_REQUESTED, CreditsCommand, ImageResult
+from shared.topics import CREDITS_COMMANDS, IMAGES_RESULTS, CreditsCommand, ImageResult
 from shared.worker import Route, dispatch, every, worker_app
 
 
@@ -27,18 +28,21 @@ def build(settings: Settings) -> FastAPI:
     t = settings.topics
     ledger = Ledger(settings.database_url)
     publisher = Publisher(settings.kafka, "packline-credits")
+    # Its own producer: each consumer flushes, and on a failed flush rewinds, only its own effects.
+    intake_publisher = Publisher(settings.kafka, "packline-credits-intake")
     # SQLite has one writer; PostgreSQL row locks let several threads work at once.
     executor = ThreadPoolExecutor(max_workers=1 if settings.database_url.startswith("sqlite") else 8)
 
-    async def run(fn: Callable[..., list[Outgoing]], *args: Any) -> None:
+    async def run(fn: Callable[..., list[Outgoing]], *args: Any, via: Publisher = publisher) -> None:
         """Ledger work in the executor; its events leave without waiting for their acks (the
         consumer flushes them before it commits), so a partition's results do not queue up
         behind one round trip to Kafka each."""
         loop = asyncio.get_running_loop()
-        await publisher.enqueue(await loop.run_in_executor(executor, functools.partial(fn, *args)))
+        await via.enqueue(await loop.run_in_executor(executor, functools.partial(fn, *args)))
 
-    async def requested(ev: PackRequested, _record: Record) -> None:
-        await run(handlers.on_pack_requested, ev, ledger, t, settings.price_listing, settings.price_aplus)
+    async def requested(batch: Batch) -> None:
+        await run(handlers.on_packs_requested, batch, ledger, t, settings.price_listing, settings.price_aplus,
+                  via=intake_publisher)
 
     async def result(ev: ImageResult, _record: Record) -> None:
         await run(handlers.on_image_result, ev, ledger, t)
@@ -46,10 +50,8 @@ def build(settings: Settings) -> FastAPI:
     async def command(ev: CreditsCommand, _record: Record) -> None:
         await run(handlers.on_command, ev, ledger, t)
 
-    topics, one = dispatch(
-        [Route(PACKS_REQUESTED, requested), Route(IMAGES_RESULTS, result), Route(CREDITS_COMMANDS, command)],
-        publisher, settings,
-    )
+    intake = Intake(settings, intake_publisher, requested)
+    topics, one = dispatch([Route(IMAGES_RESULTS, result), Route(CREDITS_COMMANDS, command)], publisher, settings)
 
     async def redrive_stalled() -> None:
         loop = asyncio.get_running_loop()
@@ -67,13 +69,17 @@ def build(settings: Settings) -> FastAPI:
         nonlocal redrive
         ledger.create_schema()
         await publisher.start()
+        await intake_publisher.start()
         await consumer.start()
+        await intake.start()
         redrive = every(settings.redrive_every_s, redrive_stalled, "redrive")
 
     async def stop() -> None:
         if redrive is not None:
             redrive.cancel()
+        await intake.stop()
         await consumer.stop()
+        await intake_publisher.stop()
         await publisher.stop()
         executor.shutdown(wait=True)
 

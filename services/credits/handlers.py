@@ -7,10 +7,11 @@ every downstream consumer recognises them as the same events.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import replace
 from uuid import UUID
 
-from services.credits.ledger import Ledger, PackView
+from services.credits.ledger import Ledger, PackOrder, PackView
 from shared.errors import InvalidMessage, UnknownAccount
 from shared.events import (
     AccountCreate,
@@ -30,11 +31,11 @@ from shared.events import (
     stable_id,
 )
 from shared.kafka import Outgoing
-from shared.pricing import plan_pack
+from shared.pricing import draft, plan_pack
 from shared.topics import CreditsCommand, ImageResult, Topics
 
 
-def _status(t: Topics, view: PackView, status: PackState, *parts: object, with_images: bool = True) -> Outgoing:
+def _status(t: Topics, view: PackView, status: PackState, *parts: object) -> Outgoing:
     images = [
         ImageEntry(image_id=i.image_id, kind=i.kind, status=i.status, attempts=i.attempts, url=i.url, error=i.error)
         for i in view.images
@@ -42,7 +43,7 @@ def _status(t: Topics, view: PackView, status: PackState, *parts: object, with_i
     event = PackStatus(
         event_id=stable_id(view.pack_id, "status", status, *parts), pack_id=UUID(view.pack_id), user_id=view.user_id,
         status=status, cost=view.cost, charged=view.charged, refunded=view.refunded, reason=view.reason,
-        images=images if with_images else None,
+        images=images,
     )
     return Outgoing.of(t.packs_status, event, view.pack_id)
 
@@ -55,18 +56,38 @@ def _money(t: Topics, view: PackView, reason: MoneyReason, key: str, image_id: s
     return Outgoing.of(t.credits_events, event, view.user_id)
 
 
-def on_pack_requested(ev: PackRequested, ledger: Ledger, t: Topics, price_listing: int, price_aplus: int) -> list[Outgoing]:
-    pack_id = str(ev.pack_id)
-    specs = plan_pack(ev.images, ev.aplus, price_listing, price_aplus)
-    accepted = PackAccepted(
-        event_id=stable_id(pack_id, "accepted"), pack_id=ev.pack_id, user_id=ev.user_id, product=ev.product,
-        images=specs, cost=sum(s.cost for s in specs),
-    )
-    view = ledger.accept_pack(pack_id, ev.user_id, specs, accepted.encode().decode())
-    if view.user_id != ev.user_id:
-        raise InvalidMessage(f"pack_id {pack_id} already belongs to another user")
-    draft = PackView(view.pack_id, view.user_id, PackState.DRAFT, view.cost, 0, None, [])
-    out = [_status(t, draft, PackState.DRAFT, with_images=False)]
+def on_pack_requested(
+    ev: PackRequested, ledger: Ledger, t: Topics, price_listing: int, price_aplus: int, refusal: str | None = None,
+) -> list[Outgoing]:
+    return on_packs_requested([(ev, refusal)], ledger, t, price_listing, price_aplus)
+
+
+def on_packs_requested(
+    batch: Sequence[tuple[PackRequested, str | None]], ledger: Ledger, t: Topics, price_listing: int, price_aplus: int,
+) -> list[Outgoing]:
+    """For each request (with its refusal reason, if intake refused it), in one ledger
+    transaction: DRAFT, then PROCESSING with the debit and pack.accepted; or REJECTED
+    (refused, no account, too few credits) with nothing charged."""
+    planned = []
+    for ev, refusal in batch:
+        specs = plan_pack(ev.images, ev.aplus, price_listing, price_aplus)
+        accepted = PackAccepted(
+            event_id=stable_id(ev.pack_id, "accepted"), pack_id=ev.pack_id, user_id=ev.user_id, product=ev.product,
+            images=specs, cost=sum(s.cost for s in specs),
+        )
+        planned.append((ev, specs, accepted, PackOrder(str(ev.pack_id), ev.user_id, specs, accepted.encode().decode(), refusal)))
+    views = ledger.accept_packs([order for *_, order in planned])
+    out: list[Outgoing] = []
+    for (ev, specs, accepted, _), view in zip(planned, views, strict=True):
+        if view.user_id != ev.user_id:
+            raise InvalidMessage(f"pack_id {ev.pack_id} already belongs to another user")
+        out += _outcome(t, ev, specs, accepted, view)
+    return out
+
+
+def _outcome(t: Topics, ev: PackRequested, specs: list[ImageSpec], accepted: PackAccepted, view: PackView) -> list[Outgoing]:
+    pack_id = view.pack_id
+    out = [Outgoing.of(t.packs_status, draft(ev, specs), pack_id)]
     if view.status == PackState.REJECTED:
         return out + [_status(t, view, PackState.REJECTED)]
     out.append(_processing(t, view, specs))

@@ -9,6 +9,7 @@ price is currently held; the refund/recharge flips are conditional on it.
 from __future__ import annotations
 
 import sqlite3
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -98,6 +99,17 @@ class PackImage(Base):
     error: Mapped[str | None] = mapped_column(String(1000))
 
 
+@dataclass(frozen=True)
+class PackOrder:
+    """A pack request as the ledger takes it: what to charge, or why to refuse it."""
+
+    pack_id: str
+    user_id: str
+    specs: list[ImageSpec]
+    accepted_event: str | None = None  # kept to drive the pack again if it stalls
+    refusal: str | None = None
+
+
 @dataclass
 class PackView:
     """What the rest of the system is told about a pack after a ledger operation."""
@@ -170,38 +182,62 @@ class Ledger:
             return account.balance if account else None
 
     # --- packs ----------------------------------------------------------------------
-    def accept_pack(self, pack_id: str, user_id: str, specs: list[ImageSpec], accepted_event: str | None = None) -> PackView:
-        """Debit the pack's cost once, or reject it. A second call returns the first outcome."""
-        cost = sum(s.cost for s in specs)
+    def accept_pack(
+        self, pack_id: str, user_id: str, specs: list[ImageSpec], accepted_event: str | None = None,
+        refusal: str | None = None,
+    ) -> PackView:
+        """Debit the pack's cost once, or reject it (for `refusal`, or for want of an account
+        or of credits). A second call returns the first outcome."""
+        return self.accept_packs([PackOrder(pack_id, user_id, specs, accepted_event, refusal)])[0]
+
+    def accept_packs(self, orders: Sequence[PackOrder]) -> list[PackView]:
+        """`accept_pack` for several packs in one transaction (the intake's batches)."""
         try:
             with self.sessions.begin() as s:
-                pack = Pack(pack_id=pack_id, user_id=user_id, cost=cost, status=PackState.PROCESSING, accepted_event=accepted_event)
-                s.add(pack)
-                s.flush()  # the primary key is the idempotency guard: a duplicate fails here
-                if s.get(Account, user_id) is None:
-                    pack.status, pack.reason = PackState.REJECTED, f"unknown account {user_id!r}"
-                    return self._view(s, pack, created=True)
-                # Conditional update: two credits instances can never overdraw the account.
-                debited = cast(CursorResult[Any], s.execute(  # an UPDATE's result: it has a rowcount
-                    update(Account)
-                    .where(Account.user_id == user_id, Account.balance >= cost)
-                    .values(balance=Account.balance - cost)
-                ))
-                if not debited.rowcount:
-                    pack.status = PackState.REJECTED
-                    pack.reason = f"insufficient credits: pack costs {cost}, balance {self._balance(s, user_id)}"
-                    return self._view(s, pack, created=True)
-                s.add(LedgerEntry(entry_key=f"debit:{pack_id}", user_id=user_id, pack_id=pack_id, amount=-cost, reason="debited"))
-                for spec in specs:
-                    s.add(PackImage(pack_id=pack_id, image_id=spec.image_id, kind=spec.kind, cost=spec.cost, charged=True))
-                s.flush()
-                return self._view(s, pack, created=True, money_moved=-cost)
+                known = {p.pack_id: p for p in s.scalars(select(Pack).where(Pack.pack_id.in_({o.pack_id for o in orders})))}
+                views = []
+                for order in orders:
+                    if order.pack_id in known:
+                        views.append(self._view(s, known[order.pack_id], created=False))
+                    else:
+                        pack, view = self._accept(s, order)
+                        known[order.pack_id] = pack
+                        views.append(view)
+                return views
         except IntegrityError:
+            # Another credits instance took one of these packs meanwhile: one at a time, then.
+            if len(orders) > 1:
+                return [view for order in orders for view in self.accept_packs([order])]
             with self.sessions() as s:
-                existing = s.get(Pack, pack_id)
+                existing = s.get(Pack, orders[0].pack_id)
                 if existing is None:
                     raise
-                return self._view(s, existing, created=False)
+                return [self._view(s, existing, created=False)]
+
+    def _accept(self, s: Session, order: PackOrder) -> tuple[Pack, PackView]:
+        pack_id, user_id = order.pack_id, order.user_id
+        cost = sum(spec.cost for spec in order.specs)
+        pack = Pack(pack_id=pack_id, user_id=user_id, cost=cost, status=PackState.PROCESSING, accepted_event=order.accepted_event)
+        s.add(pack)
+        s.flush()  # the primary key is the idempotency guard: a duplicate fails here
+        if order.refusal is not None or s.get(Account, user_id) is None:
+            pack.status, pack.reason = PackState.REJECTED, order.refusal or f"unknown account {user_id!r}"
+            return pack, self._view(s, pack, created=True)
+        # Conditional update: two credits instances can never overdraw the account.
+        debited = cast(CursorResult[Any], s.execute(  # an UPDATE's result: it has a rowcount
+            update(Account)
+            .where(Account.user_id == user_id, Account.balance >= cost)
+            .values(balance=Account.balance - cost)
+        ))
+        if not debited.rowcount:
+            pack.status = PackState.REJECTED
+            pack.reason = f"insufficient credits: pack costs {cost}, balance {self._balance(s, user_id)}"
+            return pack, self._view(s, pack, created=True)
+        s.add(LedgerEntry(entry_key=f"debit:{pack_id}", user_id=user_id, pack_id=pack_id, amount=-cost, reason="debited"))
+        for spec in order.specs:
+            s.add(PackImage(pack_id=pack_id, image_id=spec.image_id, kind=spec.kind, cost=spec.cost, charged=True))
+        s.flush()
+        return pack, self._view(s, pack, created=True, money_moved=-cost)
 
     def record_image(
         self, pack_id: str, image_id: str, *, run: int, delivered: bool, attempts: int,

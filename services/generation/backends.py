@@ -7,8 +7,11 @@ import asyncio
 import base64
 import hashlib
 import io
+import json
 import math
+import os
 import random
+import time
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 from typing import Any, Protocol, cast
@@ -38,8 +41,29 @@ class LocalBackend:
         self.permanent_kinds = settings.permanent_fail_kinds
         self.placeholder = render_png("placeholder", 8, 8, "") if settings.local_image_render == "placeholder" else None
         self.rng = rng or random.Random()
+        self.call_log = settings.local_image_call_log
 
     async def generate(self, job: ImageJob) -> bytes:
+        """One provider call. With LOCAL_IMAGE_CALL_LOG, each call, however it ends, is one line."""
+        start, outcome = time.time(), "error"
+        try:
+            data = await self._generate(job)
+            outcome = "ok"
+            return data
+        except asyncio.CancelledError:
+            outcome = "cancelled"  # e.g. a shutdown past its grace: the provider was paid for nothing
+            raise
+        except TransientImageError:
+            outcome = "transient"
+            raise
+        except PermanentImageError:
+            outcome = "permanent"
+            raise
+        finally:
+            if self.call_log:
+                log_provider_call(self.call_log, job, start, outcome)
+
+    async def _generate(self, job: ImageJob) -> bytes:
         await asyncio.sleep(self.latency_s + self.rng.uniform(-self.jitter_s, self.jitter_s))
         if job.kind in self.permanent_kinds:
             raise PermanentImageError(f"the local backend refuses {job.kind!r} images (content policy)")
@@ -48,6 +72,21 @@ class LocalBackend:
         if self.placeholder is not None:
             return self.placeholder
         return await asyncio.to_thread(render_png, job.prompt, job.width, job.height, job.kind)
+
+
+def log_provider_call(path: str, job: ImageJob, start: float, outcome: str) -> None:
+    """Append one line for one provider call, in one write() to a file opened with O_APPEND:
+    the kernel puts each such write whole at the end of the file, so several generation
+    processes can share one log without interleaving their (short) lines."""
+    line = json.dumps({
+        "pack_id": str(job.pack_id), "image_id": job.image_id, "run": job.run, "attempt": job.attempt,
+        "pid": os.getpid(), "start": start, "end": time.time(), "outcome": outcome,
+    }) + "\n"
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        os.write(fd, line.encode())
+    finally:
+        os.close(fd)
 
 
 def render_png(prompt: str, width: int, height: int, label: str) -> bytes:

@@ -19,9 +19,10 @@ from aiokafka import TopicPartition
 from prometheus_client import Gauge
 
 from services.generation.jobs import JobRunner
-from services.generation.scheduling import FairQueue, OffsetTracker, ProviderLimiter
+from services.generation.scheduling import ProviderLimiter
 from shared.consumer import ConsumerLoop, Rebalance, Record, group_member
 from shared.events import ImageJob
+from shared.fairness import FairQueue, OffsetTracker
 from shared.kafka import Publisher
 from shared.settings import CommonSettings
 from shared.topics import IMAGES_JOBS
@@ -90,12 +91,7 @@ class JobScheduler(ConsumerLoop):
 
     async def step(self) -> None:
         assert self.consumer is not None
-        owned = self.consumer.assignment()
-        # Read ahead only so far: past `prefetch` queued jobs, stop fetching until workers catch up.
-        if len(self.queue) >= self.prefetch:
-            self.consumer.pause(*owned)
-        elif self.consumer.paused():
-            self.consumer.resume(*self.consumer.paused())
+        self.read_ahead(len(self.queue), self.prefetch)  # past `prefetch` queued jobs, wait for the workers
         batches = await self.consumer.getmany(timeout_ms=200, max_records=max(1, self.prefetch - len(self.queue)))
         for tp, records in batches.items():
             for record in records:
@@ -154,7 +150,7 @@ class JobScheduler(ConsumerLoop):
         dropped = self.queue.remove(lambda q: q.tp in gone)
         self.offsets.forget(revoked)
         if dropped:
-            log.info("handed back %d queued jobs of %s", dropped, sorted(tp.partition for tp in revoked))
+            log.info("handed back %d queued jobs of %s", len(dropped), sorted(tp.partition for tp in revoked))
 
     async def on_assigned(self, assigned: list[TopicPartition]) -> None:
         assert self.consumer is not None

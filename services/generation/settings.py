@@ -22,6 +22,9 @@ class Settings(CommonSettings):
     # "placeholder": an 8x8 PNG instead of rendering the full size, so a benchmark measures
     # the pipeline rather than this machine's PNG encoder.
     local_image_render: Literal["full", "placeholder"] = "full"
+    # A file that every local provider call appends one JSON line to (pack_id, image_id, run,
+    # attempt, pid, start, end, outcome): how tests count what the provider was paid for.
+    local_image_call_log: str = ""
     generation_concurrency: int = Field(default=64, ge=1)  # images in flight per process
     generation_prefetch: int = Field(default=2000, ge=1)  # jobs read ahead into the fair queue
     generation_shutdown_grace_s: float = Field(default=10.0, ge=0)  # SIGTERM: let images finish this long

@@ -10,37 +10,54 @@ from typing import Any
 from fastapi import FastAPI
 from starlette.middleware.cors import CORSMiddleware
 
-from services.notifier.consumer import StatusFeed
+from services.notifier.consumer import HistoryReader, StatusFeed
+from services.notifier.readmodel import ReadModel
 from services.notifier.routes import router
 from services.notifier.settings import Settings
 from services.notifier.state import Store
 from shared.http import KeyCheck, health_router
+from shared.kafka import Publisher
+from shared.keys import KeyUsage
 from shared.revocations import Revocations
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or Settings()
-    store = Store(settings.notifier_history)
-    feed = StatusFeed(settings.kafka, settings.topics.packs_status, store)
+    # Every pack ever made is in the read model; memory holds the live ones and a bounded cache.
+    model = ReadModel(settings.notifier_db, settings.topics.packs_status)
+    history = HistoryReader(settings.kafka, settings.topics.packs_status, settings.notifier_history)
+    store = Store(settings.notifier_history, model, settings.notifier_cache_packs, history)
+    feed = StatusFeed(settings.kafka, settings.topics.packs_status, store, settings.notifier_flush_s)
     revocations = Revocations(settings.kafka, settings.topics.auth_revocations)
     revocations.listeners.append(store.wake_user)
+    # Writes only reports of key use (last used, keys of a retiring secret), never in a request's
+    # way; its producer starts with the first report.
+    publisher = Publisher(settings.kafka, "packline-notifier")
+    usage = KeyUsage(publisher, settings.topics, "notifier")
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
-        await feed.start()
+        # Connects and catches up in the background: until it is done (and the pack feed has
+        # caught up), requests get 503 and /healthz says so.
         await revocations.start()
+        await feed.start()
         try:
             yield
         finally:
+            await usage.drain()
             await revocations.stop()
             await feed.stop()
+            await history.stop()
+            model.close()
+            await publisher.stop()
 
     def readiness() -> dict[str, Any]:
-        return {"status": "ok" if feed.ready.is_set() else "starting", "packs": len(store.packs)}
+        ready = feed.ready.is_set() and revocations.ready.is_set()
+        return {"status": "ok" if ready else "starting", "packs": len(store.packs), "revocations": revocations.records}
 
     app = FastAPI(title="packline notifier", version="1.0.0", lifespan=lifespan)
     app.state.settings, app.state.feed = settings, feed
-    app.state.keys = KeyCheck(settings.packline_secret, revocations)
+    app.state.keys = KeyCheck(settings.keyring, revocations, usage)
     app.add_middleware(
         CORSMiddleware, allow_origins=[settings.api_public_url.rstrip("/")], allow_headers=["*"],
         allow_methods=["GET"], expose_headers=["*"],

@@ -1,9 +1,10 @@
-"""Request dependencies of the notifier: the caller (an API key, or a stream token for one
-pack), the store once it has caught up with Kafka, and the caller's pack."""
+"""Request dependencies of the notifier: the caller (an API key with packs:read, or a stream
+token for one pack), the store once it has caught up with Kafka, and the caller's pack."""
 
 from __future__ import annotations
 
 import asyncio
+from dataclasses import dataclass
 from typing import Annotated
 
 from fastapi import Depends, HTTPException, Query, Request
@@ -12,8 +13,8 @@ from services.notifier import streams
 from services.notifier.consumer import StatusFeed
 from services.notifier.settings import Settings
 from services.notifier.state import PackView, Store
-from shared.auth import AuthError, verify_stream_token
-from shared.http import KeyCheck, OptionalKey, from_state, unauthorized
+from shared.auth import AuthError
+from shared.http import ApiKey, KeyCheck, Scoped, from_state, not_ready, unauthorized
 
 Token = Annotated[str | None, Query(max_length=2000, description="stream token from POST /v1/packs")]
 
@@ -38,31 +39,68 @@ async def caught_up(request: Request, settings: SettingsDep) -> Store:
 StoreDep = Annotated[Store, Depends(caught_up)]
 
 
-def key_allowed(request: Request, key: OptionalKey) -> streams.Allowed:
-    """For a stream opened with an API key: is that key still valid? (A stream token is
-    scoped to one pack and expires by itself.)"""
-    if key is None:
-        return lambda: True
-    revocations = from_state(request, "keys", KeyCheck).revocations
-    return lambda: revocations.allows(key.user_id, key.generation)
+@dataclass(frozen=True)
+class Caller:
+    """Who is asking, and with which key (an API key, or the key behind a stream token)."""
+
+    user_id: str
+    generation: int
+    key_id: str | None
 
 
-def user_of_key(key: OptionalKey) -> str:
-    if key is None:
-        raise unauthorized("missing bearer API key or stream token")
-    return key.user_id
+ReadKey = Annotated[ApiKey | None, Depends(Scoped("packs:read", optional=True))]
 
 
-def user_of_pack(pack_id: str, key: OptionalKey, settings: SettingsDep, token: Token = None) -> str:
-    """The user behind a Bearer API key, or behind a stream token for this pack."""
+async def pack_caller(request: Request, pack_id: str, key: ReadKey, token: Token = None) -> Caller:
+    """A Bearer API key with packs:read, or a stream token for this pack whose key is not
+    revoked (503 while the revocations are still being read, like any key)."""
     if key is not None:
-        return key.user_id
+        return Caller(key.user_id, key.generation, key.key_id)
     if token:
+        check = from_state(request, "keys", KeyCheck)
+        if not check.revocations.ready.is_set():
+            raise not_ready()
         try:
-            return verify_stream_token(settings.packline_secret, token, pack_id)
+            claims = check.keyring.verify_stream_token(token, pack_id)
         except AuthError as exc:
             raise unauthorized(str(exc)) from exc
+        check.admit(claims.user_id, claims.generation, claims.key_id)
+        return Caller(claims.user_id, claims.generation, claims.key_id)
     raise unauthorized("missing bearer API key or stream token")
+
+
+async def key_caller(key: ReadKey) -> Caller:
+    if key is None:
+        raise unauthorized("missing bearer API key")
+    return Caller(key.user_id, key.generation, key.key_id)
+
+
+PackCaller = Annotated[Caller, Depends(pack_caller)]
+KeyCaller = Annotated[Caller, Depends(key_caller)]
+
+
+def _allowed(request: Request, caller: Caller) -> streams.Allowed:
+    """Asked by a stream after every wake-up (a revocation wakes the user's streams): is
+    the key it was opened with, or the key behind its token, still valid?"""
+    revocations = from_state(request, "keys", KeyCheck).revocations
+    return lambda: revocations.allows(caller.user_id, caller.generation, caller.key_id)
+
+
+def pack_allowed(request: Request, caller: PackCaller) -> streams.Allowed:
+    return _allowed(request, caller)
+
+
+def user_allowed(request: Request, caller: KeyCaller) -> streams.Allowed:
+    return _allowed(request, caller)
+
+
+def user_of_key(caller: KeyCaller) -> str:
+    return caller.user_id
+
+
+def user_of_pack(caller: PackCaller) -> str:
+    """The user behind a Bearer API key, or behind a stream token for this pack."""
+    return caller.user_id
 
 
 async def owned_pack(
@@ -82,5 +120,6 @@ def last_event_id(request: Request) -> str | None:
 
 PackDep = Annotated[PackView, Depends(owned_pack)]
 UserDep = Annotated[str, Depends(user_of_key)]
-AllowedDep = Annotated[streams.Allowed, Depends(key_allowed)]
+PackAllowedDep = Annotated[streams.Allowed, Depends(pack_allowed)]
+UserAllowedDep = Annotated[streams.Allowed, Depends(user_allowed)]
 LastEventId = Annotated[str | None, Depends(last_event_id)]

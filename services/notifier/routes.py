@@ -10,7 +10,7 @@ from prometheus_client import Gauge
 from sse_starlette import EventSourceResponse, ServerSentEvent
 
 from services.notifier import streams
-from services.notifier.deps import AllowedDep, LastEventId, PackDep, SettingsDep, StoreDep, UserDep
+from services.notifier.deps import LastEventId, PackAllowedDep, PackDep, SettingsDep, StoreDep, UserAllowedDep, UserDep
 
 router = APIRouter()
 SUBSCRIBERS = Gauge("packline_sse_subscribers", "open SSE connections")
@@ -22,13 +22,13 @@ async def snapshot(pack: PackDep) -> dict[str, Any]:
 
 
 @router.get("/v1/packs/{pack_id}/events", response_class=EventSourceResponse)
-async def pack_events(pack: PackDep, last_id: LastEventId, allowed: AllowedDep, settings: SettingsDep) -> EventSourceResponse:
+async def pack_events(pack: PackDep, last_id: LastEventId, allowed: PackAllowedDep, settings: SettingsDep) -> EventSourceResponse:
     return _live(streams.pack_events(pack, last_id, allowed), settings.notifier_ping_s)
 
 
 @router.get("/v1/events", response_class=EventSourceResponse)
 async def user_events(
-    user_id: UserDep, store: StoreDep, last_id: LastEventId, allowed: AllowedDep, settings: SettingsDep,
+    user_id: UserDep, store: StoreDep, last_id: LastEventId, allowed: UserAllowedDep, settings: SettingsDep,
 ) -> EventSourceResponse:
     return _live(streams.user_events(store, user_id, last_id, allowed), settings.notifier_ping_s)
 

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+from pathlib import Path
+
 from pydantic import Field
 
 from shared.settings import CommonSettings
@@ -13,3 +15,14 @@ class Settings(CommonSettings):
     # A client may subscribe a moment before its pack reaches the notifier: wait this long.
     notifier_pack_wait_s: float = Field(default=10.0, ge=0)
     notifier_ready_timeout_s: float = Field(default=30.0, gt=0)
+    # The read model (every pack ever made, and the feed's checkpoint): one SQLite file per
+    # instance. Default VAR_DIR/notifier-<port>.db; deleting it rebuilds it from packs.status.
+    notifier_db_path: Path | None = None
+    # Finished packs kept in memory (least recently used out); live packs always are.
+    notifier_cache_packs: int = Field(default=10_000, ge=0)
+    # How often what changed is written to the read model, with the checkpoint.
+    notifier_flush_s: float = Field(default=0.5, gt=0)
+
+    @property
+    def notifier_db(self) -> Path:
+        return self.notifier_db_path or self.var_dir / f"notifier-{self.notifier_port}.db"

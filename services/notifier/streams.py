@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import AsyncIterator, Callable
 
@@ -23,6 +24,10 @@ def revoked() -> ServerSentEvent:
 async def pack_events(pack: PackView, last_event_id: str | None, allowed: Allowed = _always) -> AsyncIterator[ServerSentEvent]:
     """`allowed` is asked after every wake-up: a revocation wakes the user's streams."""
     last = _parse(last_event_id)
+    if last is not None and 0 <= last < pack.seq and pack.after(last) is None and pack.source is not None:
+        # Memory no longer holds those events (a pack read from the read model, or applied
+        # while catching up at start): re-read them from Kafka if it still has them.
+        await pack.source.restore(pack)
     if last is None or pack.after(last) is None:
         # No id, or one that cannot be resumed (unknown, or older than the kept history).
         yield ServerSentEvent(json.dumps(pack.snapshot(), default=str), event="pack", id=str(pack.seq))
@@ -49,20 +54,38 @@ async def user_events(
     """All of a user's packs. Each id is a cursor (positions in packs.status, the same on
     every notifier instance): resuming with it gives every later event, in log order, with
     no gap and no duplicate. Without one, or with one that cannot be resumed (unreadable,
-    or older than a pack's kept history), the affected packs get a snapshot, and a
-    `resync` event says so."""
+    or older than a pack's history that memory holds or Kafka still has), the affected
+    packs get a snapshot, and a `resync` event says so. Packs come from memory and from
+    the read model alike, so a pack made a year ago is still in the opening snapshots."""
     cursor = parse_cursor(last_event_id)
     covered: dict[str, int] = {}  # pack -> position its snapshot already covers
-    packs = sorted(store.by_user.get(user_id, ()))
+    held: list[PackView] = []  # packs whose history was re-read: their events follow, even if memory lets them go
+    stale: list[str] = []
     if cursor is None:
-        cursor, stale = store.cursor(), packs
+        cursor = store.cursor()
+        after = ""
+        while page := store.user_page(user_id, after, PAGE):
+            for pack_id in page:
+                view = store.snapshot_of(pack_id)
+                if view is not None:
+                    stale.append(pack_id)
+                    data, _, covered[pack_id] = view
+                    yield ServerSentEvent(data, event="pack", id=format_cursor(cursor))
+            after = page[-1]
+        if last_event_id is None:
+            stale = []  # a fresh stream: snapshots, no resync
     else:
-        stale = [p for p in packs if store.packs[p].trimmed > cursor.get(store.packs[p].partition, -1)]
-    for pack_id in stale:
-        pack = store.packs[pack_id]
-        covered[pack_id] = pack.history[-1].position if pack.history else -1
-        yield ServerSentEvent(json.dumps(pack.snapshot(), default=str), event="pack", id=format_cursor(cursor))
-    if last_event_id is not None and stale:
+        deadline = asyncio.get_running_loop().time() + RESTORE_FOR_S
+        for pack_id in store.changed_after(user_id, cursor):
+            if len(held) < RESTORE_AT_MOST and asyncio.get_running_loop().time() < deadline:
+                if await _restored(store, pack_id, cursor, held):
+                    continue
+            view = store.snapshot_of(pack_id)
+            if view is not None:
+                stale.append(pack_id)
+                data, _, covered[pack_id] = view
+                yield ServerSentEvent(data, event="pack", id=format_cursor(cursor))
+    if stale:
         resync = {"packs": stale, "reason": f"cannot resume after id {last_event_id!r}"}
         yield ServerSentEvent(json.dumps(resync), event="resync", id=format_cursor(cursor))
     while True:
@@ -71,17 +94,35 @@ async def user_events(
             yield revoked()
             return
         fresh: list[Rendered] = []
-        for pack_id in store.by_user.get(user_id, ()):
-            pack = store.packs[pack_id]
-            after = max(cursor.get(pack.partition, -1), covered.get(pack_id, -1))
+        packs = [store.packs[p] for p in store.by_user.get(user_id, ())]
+        packs += [p for p in held if store.packs.get(p.pack_id) is not p]
+        held = []
+        for pack in packs:
+            after_position = max(cursor.get(pack.partition, -1), covered.get(pack.pack_id, -1))
             for r in reversed(pack.history):
-                if r.position <= after:
+                if r.position <= after_position:
                     break
                 fresh.append(r)
         for r in sorted(fresh, key=lambda r: (r.partition, r.position)):
             cursor[r.partition] = r.position
             yield ServerSentEvent(r.data, event=r.event, id=format_cursor(cursor))
         await changed.wait()
+
+
+PAGE = 500  # packs per read-model query for the opening snapshots
+RESTORE_AT_MOST = 32  # histories re-read from Kafka per resumed stream; past it (or RESTORE_FOR_S), snapshots
+RESTORE_FOR_S = 5.0
+
+
+async def _restored(store: Store, pack_id: str, cursor: Cursor, held: list[PackView]) -> bool:
+    """Whether the pack's history, re-read from Kafka, reaches back to the cursor."""
+    pack = store.get(pack_id)
+    if pack is None or pack.source is None or not await pack.source.restore(pack):
+        return False
+    if pack.trimmed > cursor.get(pack.partition, -1):
+        return False
+    held.append(pack)
+    return True
 
 
 def format_cursor(cursor: Cursor) -> str:

@@ -1,12 +1,14 @@
 """Chaos run: packs through a stack with several instances per service while processes
-are SIGKILLed and restarted, the broker restarts once, and the backend fails transiently.
-At the end it waits for quiet, runs `packline audit` and counts what went wrong.
+are SIGKILLed and restarted, the broker restarts once (or, on a cluster, brokers are
+SIGKILLed in turn), and the backend fails transiently. At the end it waits for quiet,
+runs `packline audit` and counts what went wrong.
 
-`make chaos` runs the full size; tests/e2e/test_chaos.py a short one."""
+`make chaos` and `make chaos-cluster` run the full size; tests/e2e/test_chaos.py short ones."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import random
 import shutil
@@ -25,7 +27,8 @@ from services.cli import kafka_io
 from services.cli.audit import pack_log
 from services.cli.stack import Stack
 from shared.auth import make_api_key
-from shared.devbroker import Broker, free_port
+from shared.devbroker import free_port
+from shared.devcluster import Cluster
 from shared.events import TERMINAL_PACK, AccountCreate, CreditsBalance, ImageStatus
 from shared.kafka import KafkaConfig, Outgoing
 from shared.topics import Topics
@@ -45,6 +48,10 @@ class ChaosConfig:
     chaos_after_submit_s: float = 20.0  # keep killing this long once every pack is in
     database_url: str | None = None
     seed: int = 1
+    brokers: int = 1  # more than one: a cluster, topics replicated min(3, brokers) times, min ISR one less
+    broker_kill_every_s: float = 0.0  # on a cluster: SIGKILL a broker this often (0: never)
+    broker_down_s: float = 5.0  # how long a killed broker stays down
+    min_broker_kills: int = 2  # with broker kills: go on until this many happened (the leader's and the controller's)
 
 
 @dataclass
@@ -58,6 +65,9 @@ class ChaosReport:
     ledger_drift: int = 0
     kills: list[str] = field(default_factory=list)
     broker_restarts: int = 0
+    broker_kills: dict[str, int] = field(default_factory=dict)  # kind (leader, controller, other) -> count
+    api_5xx: int = 0
+    api_unavailable_s: float = 0.0  # the longest time a pack request waited for its 202
     statuses: dict[str, int] = field(default_factory=dict)
     audit_output: str = ""
     seconds: float = 0.0
@@ -73,6 +83,9 @@ class ChaosReport:
             f"ledger drift      {self.ledger_drift}",
             f"kills             {len(self.kills)} ({', '.join(self.kills)})",
             f"broker restarts   {self.broker_restarts}",
+            f"broker kills      {sum(self.broker_kills.values())} {dict(sorted(self.broker_kills.items()))}",
+            f"api 5xx answers   {self.api_5xx}",
+            f"api unavailable   {self.api_unavailable_s:.1f} s at the longest",
             f"wall time         {self.seconds:.0f} s",
         ]
 
@@ -85,17 +98,19 @@ class Chaos:
     def __init__(self, cfg: ChaosConfig, work_dir: Path) -> None:
         self.cfg, self.dir = cfg, work_dir
         self.rng = random.Random(cfg.seed)
-        self.broker = Broker(work_dir / "kafka", free_port(), free_port())
-        self.kafka = KafkaConfig(self.broker.bootstrap)
+        ports = [(free_port(), free_port()) for _ in range(cfg.brokers)]
+        self.cluster = Cluster(work_dir / "kafka", cfg.brokers, ports, fast_failover=cfg.brokers > 1)
+        self.kafka = KafkaConfig(self.cluster.bootstrap)
         self.prefix = f"c{uuid.uuid4().hex[:8]}."
         self.topics = Topics(self.prefix)
         self.secret = uuid.uuid4().hex
         self.report = ChaosReport()
+        self.enough_broker_kills = asyncio.Event()
         workers = [f"{k}-{i}" for k in ("credits", "generation", "notifier") for i in range(1, cfg.instances + 1)]
         instances = ("api", *workers)
         ports = {name: free_port() for name in instances}
         env = {
-            "KAFKA_BOOTSTRAP_SERVERS": self.broker.bootstrap, "TOPIC_PREFIX": self.prefix, "PACKLINE_SECRET": self.secret,
+            "KAFKA_BOOTSTRAP_SERVERS": self.cluster.bootstrap, "TOPIC_PREFIX": self.prefix, "PACKLINE_SECRET": self.secret,
             "VAR_DIR": str(work_dir / "var"), "TOPIC_PARTITIONS": "6", "API_PORT": str(ports["api"]),
             "LOCAL_IMAGE_LATENCY_MS": str(cfg.latency_ms), "LOCAL_IMAGE_FAILURE_RATE": str(cfg.failure_rate),
             "RETRY_MAX_ATTEMPTS": "10", "RETRY_BASE_DELAY_S": "0.5", "RETRY_MAX_DELAY_S": "4",
@@ -113,7 +128,7 @@ class Chaos:
     # --- the run ------------------------------------------------------------------
     async def run(self) -> ChaosReport:
         started = time.monotonic()
-        await asyncio.to_thread(self.broker.start, 120)
+        await asyncio.to_thread(self.cluster.start, 120)
         try:
             self.stack.start()
             await asyncio.to_thread(self.stack.wait_healthy, 120)
@@ -121,21 +136,26 @@ class Chaos:
             for u in users:
                 await self._command(AccountCreate(user_id=u, credits=10 * self.cfg.packs), u)
             stop = asyncio.Event()
-            chaos = asyncio.create_task(self._chaos(stop))
+            chaos = [asyncio.create_task(self._chaos(stop))]
+            if self.cfg.broker_kill_every_s:
+                chaos.append(asyncio.create_task(self._broker_chaos(stop)))
             pack_ids = await self._submit(users)
             try:
                 await asyncio.wait_for(self._wait_quiet(pack_ids), self.cfg.chaos_after_submit_s)
             except TimeoutError:
                 pass
+            if self.cfg.broker_kill_every_s:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self.enough_broker_kills.wait(), 10 * self.cfg.broker_kill_every_s + 120)
             stop.set()
-            await chaos
+            await asyncio.gather(*chaos)
             self._revive_all()
             await self._wait_quiet(pack_ids)
             await self._tally(pack_ids)
         finally:
             self.report.seconds = time.monotonic() - started
             self.stack.stop()
-            await asyncio.to_thread(self.broker.stop)
+            await asyncio.to_thread(self.cluster.stop)
         return self.report
 
     async def _submit(self, users: list[str]) -> set[str]:
@@ -146,16 +166,19 @@ class Chaos:
             for i in range(self.cfg.packs):
                 user = users[i % len(users)]
                 headers = {"Authorization": f"Bearer {make_api_key(self.secret, user)}", "Idempotency-Key": f"chaos-{i}"}
-                deadline = time.monotonic() + 300
+                first_try = time.monotonic()
+                deadline = first_try + 300
                 while time.monotonic() < deadline:
                     try:
                         r = await client.post(f"{self.stack.url('api')}/v1/packs", json=body, headers=headers)
                         if r.status_code == 202:
                             pack_ids.add(r.json()["pack_id"])
                             break
+                        self.report.api_5xx += r.status_code >= 500
                     except httpx.HTTPError:
                         pass
                     await asyncio.sleep(0.5)
+                self.report.api_unavailable_s = max(self.report.api_unavailable_s, time.monotonic() - first_try)
                 await asyncio.sleep(1 / self.cfg.submit_per_s)
         self.report.submitted = len(pack_ids)
         return pack_ids
@@ -172,9 +195,9 @@ class Chaos:
             kills += 1
             if not restarted_broker and kills == 3:
                 restarted_broker = True
-                await asyncio.to_thread(self.broker.stop)
+                await asyncio.to_thread(self.cluster.stop)
                 await asyncio.sleep(2)
-                await asyncio.to_thread(self.broker.start, 120)
+                await asyncio.to_thread(self.cluster.start, 120)
                 self.report.broker_restarts += 1
                 continue
             victim = self.rng.choice(self.victims)
@@ -182,6 +205,35 @@ class Chaos:
             self.report.kills.append(victim)
             await asyncio.sleep(0.5)
             self._revive_all()
+
+    async def _broker_chaos(self, stop: asyncio.Event) -> None:
+        """SIGKILL one broker every `broker_kill_every_s`: first the one leading most
+        packs.requested partitions, then the active controller, then any; each comes back
+        after `broker_down_s` and rejoins every ISR before the next kill."""
+        kinds = ["leader", "controller"]  # then "other": any broker
+        while not stop.is_set():
+            try:
+                await asyncio.wait_for(stop.wait(), self.cfg.broker_kill_every_s)
+                return
+            except TimeoutError:
+                pass
+            kind = kinds.pop(0) if kinds else "other"
+            victim = await asyncio.to_thread(self._pick_broker, kind)
+            self.cluster.kill(victim)
+            self.report.broker_kills[kind] = self.report.broker_kills.get(kind, 0) + 1
+            if sum(self.report.broker_kills.values()) >= self.cfg.min_broker_kills:
+                self.enough_broker_kills.set()
+            self.report.kills.append(f"broker-{victim}({kind})")
+            await asyncio.sleep(self.cfg.broker_down_s)
+            await asyncio.to_thread(self.cluster.restart, victim, 120)
+
+    def _pick_broker(self, kind: str) -> int:
+        if kind == "leader":
+            counts = self.cluster.leader_counts(self.topics.packs_requested)
+            return max(counts, key=lambda node: counts[node])
+        if kind == "controller" and (controller := self.cluster.active_controller()) is not None:
+            return controller
+        return self.rng.choice([n.node_id for n in self.cluster.nodes])
 
     def _revive_all(self) -> None:
         """Restart every instance that is dead, killed by us or fallen over by itself."""
@@ -211,7 +263,7 @@ class Chaos:
         self.report.lost = len(pack_ids) - len(terminal)
         statuses: dict[str, int] = defaultdict(int)
         for p in terminal:
-            statuses[last[p]] += 1
+            statuses[str(last[p])] += 1
         self.report.statuses = dict(statuses)
         # A redelivered job re-reports an existing image with the same event id; an image
         # generated twice shows up as two distinct COMPLETED events for one run.

@@ -43,3 +43,20 @@ async def test_two_credits_processes_on_one_postgresql_never_double_charge(postg
         assert report.clean and "all invariants hold" in report.audit_output, report.audit_output
     finally:
         await asyncio.to_thread(shutil.rmtree, work, True)
+
+
+async def test_short_chaos_run_on_a_cluster_survives_broker_kills() -> None:
+    """Three brokers (RF 3, min ISR 2): the broker leading most packs.requested partitions
+    and the active controller are SIGKILLed in turn while workers are killed too."""
+    work = Path(tempfile.mkdtemp(prefix="packline-chaos-cluster-"))
+    try:
+        cfg = ChaosConfig(packs=20, instances=2, kill_every_s=4, broker_restart=False, failure_rate=0.15, latency_ms=200,
+                          submit_per_s=2, chaos_after_submit_s=10, quiet_timeout_s=300,
+                          brokers=3, broker_kill_every_s=6, broker_down_s=3)
+        report = await Chaos(cfg, work).run()
+        print("\n" + "\n".join(report.lines()))
+        assert report.submitted == cfg.packs == report.terminal
+        assert report.broker_kills.get("leader") == 1 and report.broker_kills.get("controller", 0) >= 1
+        assert report.clean and "all invariants hold" in report.audit_output, report.audit_output
+    finally:
+        await asyncio.to_thread(shutil.rmtree, work, True)

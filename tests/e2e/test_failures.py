@@ -10,8 +10,10 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
+from aiokafka import ConsumerRecord
 
 from shared.events import ImageFailed, ImageJob, decode
 from shared.kafka import Outgoing, Publisher
@@ -54,6 +56,12 @@ async def test_transient_failures_are_retried_until_success(kafka_bootstrap: str
         headers = dict(retried[0].headers)
         assert {"x-attempts", "x-error", "x-error-type", "x-original-topic", "x-first-failed-at", "x-due-at"} <= headers.keys()
         assert headers["x-original-topic"] == s.topics.images_jobs.encode()
+        # The provider was called three times per image, and each retry no sooner than it was due.
+        calls = s.provider_calls(pack_id)
+        for image_id in ("main", "detail"):
+            mine = sorted((c for c in calls if c["image_id"] == image_id), key=lambda c: c["start"])
+            assert [(c["attempt"], c["outcome"]) for c in mine] == [(1, "transient"), (2, "transient"), (3, "ok")], mine
+        assert_called_no_sooner_than_due(retried, calls)
 
 
 async def test_always_failing_images_are_dead_lettered_and_fully_refunded(kafka_bootstrap: str, tmp_path: Path) -> None:
@@ -88,14 +96,19 @@ async def test_permanent_failures_end_partial_then_replay_completes(kafka_bootst
         assert all(i["attempts"] == 1 for i in final["images"] if i["status"] == "FAILED")  # permanent: no retry
         assert await s.balance(user) == 7
 
-        # (e) the same failure event delivered again refunds nothing more
+        calls = s.provider_calls(pack_id)
+        assert sorted((c["image_id"], c["attempt"], c["outcome"]) for c in calls) == sorted(
+            (i["image_id"], 1, "permanent" if i["image_id"] in failed else "ok") for i in final["images"])
+
+        # (e) every failure event delivered again refunds nothing more. The balance query
+        # travels on credits.commands, not images.results: ask only once credits has
+        # committed past the copies, which it does after handling them.
         results = [decode(r.value) for r in await s.records(s.topics.images_results)]
-        failure = next(e for e in results if isinstance(e, ImageFailed) and str(e.pack_id) == pack_id)
-        publisher = Publisher(s.kafka, "test")
-        await publisher.start()
-        await publisher.send([Outgoing.of(s.topics.images_results, failure, pack_id)] * 2)
-        await publisher.stop()
-        assert await s.balance(user) == 7  # the balance query is behind the redelivered events on credits
+        failures = [e for e in results if isinstance(e, ImageFailed) and str(e.pack_id) == pack_id]
+        assert len(failures) == 3
+        sent = await s.publish([Outgoing.of(s.topics.images_results, f, pack_id) for f in failures] * 2)
+        await s.consumed(f"{s.env['TOPIC_PREFIX']}packline-credits", sent)
+        assert await s.balance(user) == 7
 
         # (d) the operator fixes the cause and replays: images complete, the user pays for them
         s.stack.stop("generation")
@@ -111,6 +124,8 @@ async def test_permanent_failures_end_partial_then_replay_completes(kafka_bootst
         final = events[-1].json()
         assert final["status"] == "COMPLETED" and final["charged"] == SIX and final["refunded"] == 0
         assert await s.balance(user) == 4
+        replayed = [c for c in s.provider_calls(pack_id) if c["run"] != 0]
+        assert sorted((c["image_id"], c["outcome"]) for c in replayed) == sorted((k, "ok") for k in failed)
         history = cli(s, "dlq", "history", "--json")
         assert [h["dry_run"] for h in json.loads(history.stdout)] == [True, False, False]
         audit = cli(s, "audit", "--grace", "0")
@@ -138,11 +153,10 @@ async def test_garbage_is_dead_lettered_and_the_pipeline_moves_on(stack: Running
 
 
 async def test_a_waiting_retry_does_not_delay_other_packs(stack: RunningStack) -> None:
-    """Park one job per retry partition 30 s in the future, then run another pack."""
+    """Park one job per retry partition 30 s in the future, then run another pack: it
+    completes before they are due, and none of them reaches the provider before it is due."""
     user = await stack.create_user(credits=10)
     parked = await stack.create_user(credits=10)
-    publisher = Publisher(stack.kafka, "test")
-    await publisher.start()
     due = int((time.time() + 30) * 1000)
     jobs = []
     for i in range(12):
@@ -150,8 +164,7 @@ async def test_a_waiting_retry_does_not_delay_other_packs(stack: RunningStack) -
                        prompt="parked", attempt=2)
         headers = [("x-due-at", str(due).encode()), ("x-attempts", b"1"), ("x-original-topic", stack.topics.images_jobs.encode())]
         jobs.append(Outgoing(stack.topics.retry(30), job.encode(), str(job.pack_id).encode(), headers))
-    await publisher.send(jobs)
-    await publisher.stop()
+    await stack.publish(jobs)
 
     loop = asyncio.get_running_loop()
     start = loop.time()
@@ -161,3 +174,26 @@ async def test_a_waiting_retry_does_not_delay_other_packs(stack: RunningStack) -
     assert events[-1].json()["status"] == "COMPLETED"
     assert time.time() * 1000 < due, "the other pack had to wait for the parked retries"
     print(f"\nother pack completed in {elapsed * 1000:.0f} ms with 12 retries parked (image latency 200 ms)")
+
+    parked_ids = {j.key.decode() for j in jobs}
+    async with asyncio.timeout(90):  # they are due in 30 s at most
+        while True:
+            calls = [c for c in stack.provider_calls() if c["pack_id"] in parked_ids]
+            if len(calls) >= len(parked_ids):
+                break
+            await asyncio.sleep(0.5)
+    assert sorted(c["pack_id"] for c in calls) == sorted(parked_ids) and all(c["attempt"] == 2 for c in calls), calls
+    early = sorted(due / 1000 - c["start"] for c in calls if c["start"] * 1000 < due)
+    assert not early, f"{len(early)} parked jobs reached the provider before due, up to {early[-1]:.1f}s early"
+
+
+def assert_called_no_sooner_than_due(retried: list[ConsumerRecord[bytes, bytes]], calls: list[dict[str, Any]]) -> None:
+    """Each job on a retry tier (due at its x-due-at) reached the provider at or after that time."""
+    assert retried
+    for record in retried:
+        job = decode(record.value, (ImageJob,))
+        due_ms = int(dict(record.headers)["x-due-at"])
+        call = next((c for c in calls if (c["pack_id"], c["image_id"], c["run"], c["attempt"])
+                     == (str(job.pack_id), job.image_id, job.run, job.attempt)), None)
+        assert call is not None, f"no provider call for {job.image_id} attempt {job.attempt}: {calls}"
+        assert call["start"] * 1000 >= due_ms, f"{job.image_id} attempt {job.attempt} called {due_ms / 1000 - call['start']:.3f}s early"

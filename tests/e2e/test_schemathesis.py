@@ -1,6 +1,7 @@
 """Hostile input: schemathesis generates requests (valid and invalid) from the api's and
-the notifier's own OpenAPI specs and runs them against the real services. No 5xx, no
-answer that contradicts the spec, invalid data always refused."""
+the notifier's own OpenAPI specs and runs them against the real services, once with a key
+of each scope (and the account key, which holds every user scope). No 5xx, no answer that
+contradicts the spec, invalid data always refused."""
 
 from __future__ import annotations
 
@@ -12,11 +13,20 @@ from pathlib import Path
 
 import pytest
 
+from shared.auth import make_named_key, new_key_id
 from tests.harness import RunningStack
 
 pytestmark = pytest.mark.e2e
 ST = str(Path(sys.executable).with_name("schemathesis"))
 CHECKS = "not_a_server_error,response_schema_conformance,negative_data_rejection,content_type_conformance"
+KEYS = ("account", "packs:write", "packs:read", "keys", "ops")
+
+
+def key_of(stack: RunningStack, kind: str) -> str:
+    """The fuzzer's account key, or a named key holding only the scope `kind`."""
+    if kind == "account":
+        return stack.key("fuzzer")
+    return make_named_key(stack.secret, "fuzzer", new_key_id(), [kind])
 
 
 async def fuzz(url: str, key: str, *extra: str) -> subprocess.CompletedProcess[str]:
@@ -35,12 +45,14 @@ def stack(kafka_bootstrap: str, tmp_path_factory: pytest.TempPathFactory) -> Ite
         yield running
 
 
-async def test_api_survives_generated_requests(stack: RunningStack) -> None:
-    result = await fuzz(stack.api, stack.key("fuzzer"))
+@pytest.mark.parametrize("kind", KEYS)
+async def test_api_survives_generated_requests(stack: RunningStack, kind: str) -> None:
+    result = await fuzz(stack.api, key_of(stack, kind))
     assert result.returncode == 0, result.stdout[-6000:] + result.stderr[-2000:]
 
 
-async def test_notifier_survives_generated_requests(stack: RunningStack) -> None:
+@pytest.mark.parametrize("kind", KEYS)
+async def test_notifier_survives_generated_requests(stack: RunningStack, kind: str) -> None:
     # Streams of existing packs never end by design; generated ids name no pack and are refused.
-    result = await fuzz(stack.notifier, stack.key("fuzzer"), "--exclude-path-regex", r".*/events$")
+    result = await fuzz(stack.notifier, key_of(stack, kind), "--exclude-path-regex", r".*/events$")
     assert result.returncode == 0, result.stdout[-6000:] + result.stderr[-2000:]
