@@ -5,6 +5,8 @@ BIN    := $(VENV)/bin
 PY_STAMP   := $(VENV)/.installed
 JARS_DIR   := .cache/kafka-libs
 JARS_STAMP := $(JARS_DIR)/.installed
+S3_JARS_DIR   := .cache/s3proxy-libs
+S3_JARS_STAMP := $(S3_JARS_DIR)/.installed
 PACKLINE := $(BIN)/packline
 # Every package (transitive ones, pip and the build backend included) pinned with hashes; `make lock` writes both.
 LOCK         := requirements.lock
@@ -14,9 +16,9 @@ UV_DIR       := .cache/uv-$(UV_VERSION)
 UV           := $(UV_DIR)/bin/uv
 UV_COMPILE   := pip compile --quiet --python-version 3.11 --generate-hashes --custom-compile-command "make lock"
 
-.PHONY: setup lock kafka-jars kafka kafka-stop up demo test test-fast lint schemas bench-sse bench-api bench-pipeline bench-intake bench-revocations chaos chaos-cluster clean
+.PHONY: setup system-deps lock kafka-jars s3proxy-jars kafka kafka-stop up demo test test-fast lint schemas bench-sse bench-api bench-pipeline bench-intake bench-revocations chaos chaos-cluster clean
 
-setup: $(PY_STAMP) $(JARS_STAMP)
+setup: $(PY_STAMP) $(JARS_STAMP) $(S3_JARS_STAMP)
 
 # Installs exactly the lock, then the project itself with its dependencies taken only from what is
 # installed (--no-index): a lock that no longer satisfies pyproject.toml fails here instead of
@@ -48,6 +50,13 @@ $(JARS_STAMP): deploy/kafka/pom.xml
 
 # One node by default; `make kafka BROKERS=3` starts a three-node cluster (ports 9092/9094/9096).
 BROKERS ?= 1
+# s3proxy (a real S3-compatible server, for IMAGE_STORE=s3://... in the tests) from Maven Central, like Kafka.
+s3proxy-jars: $(S3_JARS_STAMP)
+$(S3_JARS_STAMP): deploy/s3proxy/pom.xml
+	mvn -q -B -f deploy/s3proxy/pom.xml dependency:copy-dependencies \
+	    -DincludeScope=runtime -DoutputDirectory=$(CURDIR)/$(S3_JARS_DIR)
+	touch $@
+
 kafka: setup
 	$(BIN)/python -m shared.devbroker start --brokers $(BROKERS)
 
@@ -55,12 +64,16 @@ kafka-stop:
 	@test -x $(BIN)/python && $(BIN)/python -m shared.devbroker stop || true
 
 up: setup
-	$(PACKLINE) up $(if $(filter-out 1,$(BROKERS)),--brokers $(BROKERS))
+	$(PACKLINE) up $(if $(filter-out 1,$(BROKERS)),--brokers $(BROKERS)) $(if $(INSTANCES),--instances $(INSTANCES))
 
 demo: setup
 	$(PACKLINE) demo
 
-test: lint
+# As root, the Debian packages the suite drives (PostgreSQL, Chromium, nginx) are installed if missing.
+system-deps:
+	@if [ "$$(id -u)" = 0 ]; then deploy/system-deps.sh; else echo "not root: PostgreSQL, Chromium and nginx must be installed already"; fi
+
+test: lint system-deps
 	$(BIN)/pytest -q -ra
 
 test-fast: setup

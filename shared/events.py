@@ -363,6 +363,37 @@ class KeyOldSecretUsed(Event):
     service: str
 
 
+IdempotencyKey = Annotated[str, StringConstraints(pattern=r"^[\x21-\x7e]{1,200}$")]
+
+
+class IdempotencyClaimed(Event):
+    """An api instance is about to accept `POST /v1/packs` with this Idempotency-Key and a
+    body of this hash (`api.idempotency`, keyed `<user_id>/<idempotency_key>`). The first
+    claim of a key in the log wins; a later claim with another hash is a conflict (409),
+    and the winner's claim is published again after it so that compaction keeps it."""
+
+    TYPE = "idempotency.claimed"
+    type: Literal["idempotency.claimed"] = "idempotency.claimed"
+    version: Literal[1] = 1
+    user_id: UserId
+    idempotency_key: IdempotencyKey
+    request_hash: str
+    pack_id: uuid.UUID
+
+
+class ApiInstanceSeen(Event):
+    """An api instance is alive (a heartbeat every few seconds on `api.instances`, keyed by
+    instance id), or is leaving (`leaving`: on a clean stop). The live instances divide the
+    per-user rate limit between them."""
+
+    TYPE = "api.instance"
+    type: Literal["api.instance"] = "api.instance"
+    version: Literal[1] = 1
+    instance_id: Annotated[str, StringConstraints(min_length=1, max_length=100)]
+    started_at: datetime
+    leaving: bool = False
+
+
 E = TypeVar("E", bound=Event)
 
 

@@ -42,6 +42,22 @@ class CommonSettings(BaseSettings):
     price_listing: int = Field(default=1, ge=0)
     price_aplus: int = Field(default=2, ge=0)
     stream_token_ttl_s: int = Field(default=24 * 3600, ge=1)
+    # Where finished images live (shared/images.py): empty for VAR_DIR/images, a directory, or
+    # s3://bucket/prefix. For S3, credentials come from boto3's chain (AWS_ACCESS_KEY_ID,
+    # AWS_SECRET_ACCESS_KEY, a profile or an instance role).
+    image_store: str = ""
+    s3_endpoint_url: str | None = None  # an S3-compatible service (MinIO, s3proxy, ...); unset: AWS
+    aws_region: str | None = None  # unset: boto3's default (AWS_DEFAULT_REGION, the profile)
+
+    @model_validator(mode="after")
+    def _image_store(self) -> CommonSettings:
+        if self.image_store.startswith("s3://"):
+            from shared.images import parse_s3_url
+
+            parse_s3_url(self.image_store)  # a malformed address fails at start, not at the first image
+        elif "://" in self.image_store:
+            raise ValueError(f"IMAGE_STORE: a directory or s3://bucket/prefix, not {self.image_store!r}")
+        return self
 
     @model_validator(mode="after")
     def _secret(self) -> CommonSettings:

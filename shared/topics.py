@@ -14,12 +14,14 @@ from typing import Any, Generic, Literal, TypeVar
 
 from shared.events import (
     AccountCreate,
+    ApiInstanceSeen,
     BalanceQuery,
     CreditsBalance,
     CreditsChanged,
     CreditsGrant,
     DlqReplayed,
     Event,
+    IdempotencyClaimed,
     ImageCompleted,
     ImageFailed,
     ImageJob,
@@ -36,7 +38,10 @@ from shared.events import (
 )
 
 E = TypeVar("E", bound=Event)
-Key = Literal["user_id", "pack_id", "operator", "original key", "user_id or key_id", "key_id or key_id/used"]
+Key = Literal[
+    "user_id", "pack_id", "operator", "original key", "user_id or key_id", "key_id or key_id/used",
+    "user_id/idempotency_key", "instance_id",
+]
 
 # Fixed backoff tiers in seconds; a job waits in the smallest tier that covers its delay.
 RETRY_TIERS_S: tuple[int, ...] = (1, 5, 30, 120, 300)
@@ -97,6 +102,21 @@ AUTH_KEYS = TopicSpec[KeyRecord](
     "auth.keys", (NamedKeyCreated, NamedKeyRevoked, NamedKeyUsed), "key_id or key_id/used",
     "the registry of named API keys: names, scopes, created, last used, revoked", {"cleanup.policy": "compact"},
 )
+# The api's idempotency index: which body each (user, Idempotency-Key) was first used with.
+# Compacted (one record per key) and deleted after IDEMPOTENCY_KEEP_MS (keys expire like at any
+# payment API); records stay at least an hour before compaction may drop them, so a conflicting
+# claim is always followed by the winner's again before its first copy can be compacted away.
+IDEMPOTENCY_KEEP_MS = 7 * 24 * 3600 * 1000
+API_IDEMPOTENCY = TopicSpec[IdempotencyClaimed](
+    "api.idempotency", (IdempotencyClaimed,), "user_id/idempotency_key",
+    "the body hash each Idempotency-Key was first used with (409 for another body, on every api instance)",
+    {"cleanup.policy": "compact,delete", "retention.ms": str(IDEMPOTENCY_KEEP_MS), "min.compaction.lag.ms": "3600000"},
+)
+# Heartbeats of the live api instances, which divide the per-user rate limit between them.
+API_INSTANCES = TopicSpec[ApiInstanceSeen](
+    "api.instances", (ApiInstanceSeen,), "instance_id", "heartbeats of the live api instances (the rate limit's divisor)",
+    {"cleanup.policy": "compact,delete", "retention.ms": str(24 * 3600 * 1000)},
+)
 RETRY_TIERS: tuple[TopicSpec[ImageJob], ...] = tuple(
     TopicSpec[ImageJob](f"images.retry.{s}s", (ImageJob,), "pack_id", f"image jobs waiting {s} s before their next attempt")
     for s in RETRY_TIERS_S
@@ -104,7 +124,7 @@ RETRY_TIERS: tuple[TopicSpec[ImageJob], ...] = tuple(
 
 REGISTRY: tuple[TopicSpec[Any], ...] = (
     PACKS_REQUESTED, PACKS_ACCEPTED, PACKS_STATUS, IMAGES_JOBS, IMAGES_RESULTS, IMAGES_DLQ, CREDITS_COMMANDS,
-    CREDITS_EVENTS, INVALID_DLQ, OPS_AUDIT, AUTH_REVOCATIONS, AUTH_KEYS, *RETRY_TIERS,
+    CREDITS_EVENTS, INVALID_DLQ, OPS_AUDIT, AUTH_REVOCATIONS, AUTH_KEYS, API_IDEMPOTENCY, API_INSTANCES, *RETRY_TIERS,
 )
 
 
@@ -175,3 +195,11 @@ class Topics:
     @property
     def auth_keys(self) -> str:
         return self.name(AUTH_KEYS)
+
+    @property
+    def api_idempotency(self) -> str:
+        return self.name(API_IDEMPOTENCY)
+
+    @property
+    def api_instances(self) -> str:
+        return self.name(API_INSTANCES)

@@ -31,15 +31,17 @@ FAST_BACKEND = {"LOCAL_IMAGE_LATENCY_MS": "200", "RETRY_BASE_DELAY_S": "0.5", "R
 CALL_LOG = "provider-calls.jsonl"  # in the stack's tmp dir: LOCAL_IMAGE_CALL_LOG of every stack
 
 
-def read_provider_calls(path: Path | str) -> list[dict[str, Any]]:
+def read_provider_calls(path: Path | str, started: bool = False) -> list[dict[str, Any]]:
     """The local backend's call log (LOCAL_IMAGE_CALL_LOG): one dict per provider call, in the
     order the calls ended: pack_id, image_id, run, attempt, pid, start and end (epoch
-    seconds), outcome (`ok`, `transient`, `permanent`, `cancelled` or `error`). No file: no calls."""
+    seconds), outcome (`ok`, `transient`, `permanent`, `cancelled` or `error`). With
+    `started`, one per call that started instead (outcome `started`), ended or not. No file: no calls."""
     try:
         text = Path(path).read_text()
     except FileNotFoundError:
         return []
-    return [json.loads(line) for line in text.splitlines() if line.strip()]
+    lines = [json.loads(line) for line in text.splitlines() if line.strip()]
+    return [c for c in lines if (c["outcome"] == "started") == started]
 
 
 @dataclass

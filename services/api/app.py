@@ -11,11 +11,12 @@ from fastapi.responses import JSONResponse
 from starlette.middleware.cors import CORSMiddleware
 
 from services.api import keys
-from services.api.limits import IdempotencyIndex, RateLimiter
+from services.api.coordination import ApiInstances, IdempotencyFeed
+from services.api.limits import RateLimiter
 from services.api.routes import router
 from services.api.settings import Settings
 from shared.http import KeyCheck, health_router
-from shared.images import ImageStore
+from shared.images import open_image_store
 from shared.kafka import Publisher
 from shared.keys import KeyRegistry, KeyUsage
 from shared.revocations import Revocations
@@ -27,6 +28,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     publisher = Publisher(settings.kafka, "packline-api", settings.api_kafka_timeout_s)
     registry = KeyRegistry(settings.kafka, settings.topics.auth_keys)
     usage = KeyUsage(publisher, settings.topics, "api")
+    idempotency = IdempotencyFeed(settings.kafka, settings.topics.api_idempotency, publisher, settings.api_kafka_timeout_s)
+    instances = ApiInstances(settings.kafka, settings.topics.api_instances, publisher, settings.api_heartbeat_s,
+                             settings.api_instance_ttl_s)
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
@@ -34,18 +38,23 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         # with a key get 503 until the revocations are read (shared.http); /healthz says so.
         await revocations.start()
         await registry.start()
+        await idempotency.start()
         await publisher.start()
+        await instances.start()
         try:
             yield
         finally:
+            await instances.stop()
+            await idempotency.stop()
             await usage.drain()
             await registry.stop()
             await revocations.stop()
             await publisher.stop()
 
     def readiness() -> dict[str, Any]:
-        ready = revocations.ready.is_set() and registry.ready.is_set()
-        return {"status": "ok" if ready else "starting", "revocations": revocations.records}
+        ready = all(feed.ready.is_set() for feed in (revocations, registry, idempotency, instances))
+        return {"status": "ok" if ready else "starting", "revocations": revocations.records,
+                "instances": instances.live(), "idempotency_keys": len(idempotency.index.first)}
 
     # Topics are created before this app starts (`packline serve` does it, and checks the cluster).
     app = FastAPI(title="packline api", version="1.0.0", lifespan=lifespan)
@@ -54,8 +63,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.keys = KeyCheck(settings.keyring, revocations, usage)
     app.state.registry = registry
     app.state.limiter = RateLimiter(settings.rate_limit_per_s, settings.rate_limit_burst)
-    app.state.idempotency = IdempotencyIndex()
-    app.state.images = ImageStore(settings.images_dir, settings.api_public_url)
+    app.state.idempotency = idempotency
+    app.state.instances = instances
+    app.state.images = open_image_store(settings)
     app.add_middleware(CORSMiddleware, allow_origins=[settings.notifier_public_url.rstrip("/")], allow_headers=["*"], allow_methods=["*"])
 
     @app.middleware("http")

@@ -7,7 +7,8 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 
-from services.api.limits import IdempotencyIndex, RateLimiter
+from services.api.coordination import ApiInstances, IdempotencyFeed
+from services.api.limits import RateLimiter
 from services.api.settings import Settings
 from shared.http import ApiKey, CurrentKey, KeyCheck, Scoped, from_state, not_ready
 from shared.images import ImageStore
@@ -27,12 +28,29 @@ def get_limiter(request: Request) -> RateLimiter:
     return from_state(request, "limiter", RateLimiter)
 
 
-def get_idempotency(request: Request) -> IdempotencyIndex:
-    return from_state(request, "idempotency", IdempotencyIndex)
+def get_idempotency(request: Request) -> IdempotencyFeed:
+    """The idempotency index, once read to its end (before that, a key's first body is unknown)."""
+    feed = from_state(request, "idempotency", IdempotencyFeed)
+    if not feed.ready.is_set():
+        raise not_ready("the idempotency keys")
+    return feed
+
+
+def get_instances(request: Request) -> ApiInstances:
+    """The live api instances, once read to the end (before that, this instance's share is unknown)."""
+    instances = from_state(request, "instances", ApiInstances)
+    if not instances.ready.is_set():
+        raise not_ready("the api instances")
+    return instances
 
 
 def get_images(request: Request) -> ImageStore:
-    return from_state(request, "images", ImageStore)
+    """The image store (shared/images.py: a directory or S3). Checked inline: from_state
+    takes a concrete class, and ImageStore is the interface."""
+    images = getattr(request.app.state, "images", None)
+    if not isinstance(images, ImageStore):
+        raise RuntimeError("app.state.images is not an ImageStore: the app's wiring is incomplete")
+    return images
 
 
 def current_user(key: CurrentKey) -> str:
@@ -58,7 +76,8 @@ def get_registry(request: Request) -> KeyRegistry:
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 PublisherDep = Annotated[Publisher, Depends(get_publisher)]
 LimiterDep = Annotated[RateLimiter, Depends(get_limiter)]
-IdempotencyDep = Annotated[IdempotencyIndex, Depends(get_idempotency)]
+IdempotencyDep = Annotated[IdempotencyFeed, Depends(get_idempotency)]
+InstancesDep = Annotated[ApiInstances, Depends(get_instances)]
 ImagesDep = Annotated[ImageStore, Depends(get_images)]
 UserDep = Annotated[str, Depends(current_user)]
 WriterKey = Annotated[ApiKey, Depends(Scoped("packs:write"))]

@@ -7,13 +7,24 @@ from pathlib import Path
 from typing import Annotated
 
 from fastapi import APIRouter, Header, HTTPException
-from fastapi.responses import FileResponse, HTMLResponse
+from fastapi.responses import HTMLResponse, StreamingResponse
 from prometheus_client import Counter, Histogram
 
 from services.api import handlers
-from services.api.deps import IdempotencyDep, ImagesDep, KeyCheckDep, LimiterDep, PublisherDep, ReaderDep, SettingsDep, WriterKey
+from services.api.deps import (
+    IdempotencyDep,
+    ImagesDep,
+    InstancesDep,
+    KeyCheckDep,
+    LimiterDep,
+    PublisherDep,
+    ReaderDep,
+    SettingsDep,
+    WriterKey,
+)
 from shared.auth import make_stream_token
 from shared.errors import BrokerUnavailable
+from shared.events import IdempotencyClaimed
 from shared.kafka import Outgoing
 from shared.topics import PACKS_REQUESTED, PACKS_STATUS
 
@@ -27,18 +38,34 @@ STATIC = Path(__file__).parent / "static"
 @router.post("/v1/packs", status_code=202, response_model=handlers.PackAccepted202)
 async def create_pack(
     body: handlers.PackRequestBody, key: WriterKey, settings: SettingsDep, publisher: PublisherDep,
-    limiter: LimiterDep, index: IdempotencyDep, check: KeyCheckDep,
+    limiter: LimiterDep, idempotency: IdempotencyDep, instances: InstancesDep, check: KeyCheckDep,
     idempotency_key: Annotated[str | None, Header(pattern=IDEMPOTENCY_KEY, description="1-200 printable ASCII characters")] = None,
 ) -> handlers.PackAccepted202:
     user_id = key.user_id
-    wait = limiter.take(user_id)
+    wait = limiter.take(user_id, share=instances.share())  # the deployment's limit, shared by the live instances
     if wait:
         PACKS.labels("rate_limited").inc()
         raise HTTPException(429, "too many requests", headers={"Retry-After": str(math.ceil(wait))})
     event, cost, digest, draft = handlers.build_request(user_id, body, idempotency_key, settings.price_listing, settings.price_aplus)
-    if idempotency_key and not index.check(user_id, idempotency_key, digest):
-        PACKS.labels("conflict").inc()
-        raise HTTPException(409, "this Idempotency-Key was already used with a different request body")
+    unavailable = HTTPException(503, "the pack queue is unavailable; nothing was charged, try again", headers={"Retry-After": "5"})
+    if idempotency_key:
+        index = idempotency.index
+        if not index.check(user_id, idempotency_key, digest):
+            PACKS.labels("conflict").inc()
+            raise conflict()
+        if not index.known(user_id, idempotency_key):
+            # A new key: claim it on api.idempotency. The first claim in the log wins, even
+            # against another instance claiming it with another body at the same moment.
+            claim = IdempotencyClaimed(user_id=user_id, idempotency_key=idempotency_key, request_hash=digest,
+                                       pack_id=event.pack_id)
+            try:
+                won = await idempotency.claim(claim)
+            except BrokerUnavailable as exc:
+                PACKS.labels("unavailable").inc()
+                raise unavailable from exc
+            if not won:
+                PACKS.labels("conflict").inc()
+                raise conflict()
     try:
         with PRODUCE_SECONDS.time():
             await publisher.send([
@@ -47,9 +74,7 @@ async def create_pack(
             ])
     except BrokerUnavailable as exc:
         PACKS.labels("unavailable").inc()
-        raise HTTPException(503, "the pack queue is unavailable; nothing was charged, try again", headers={"Retry-After": "5"}) from exc
-    if idempotency_key:
-        index.remember(user_id, idempotency_key, digest)
+        raise unavailable from exc
     PACKS.labels("accepted").inc()
     pack_id = str(event.pack_id)
     base = settings.notifier_public_url.rstrip("/")
@@ -61,12 +86,18 @@ async def create_pack(
     )
 
 
-@router.get("/v1/images/{pack_id}/{image_id}", response_class=FileResponse)
-async def get_image(pack_id: str, image_id: str, user_id: ReaderDep, images: ImagesDep) -> FileResponse:
-    path = images.owned_file(pack_id, image_id, user_id)
-    if path is None:
+def conflict() -> HTTPException:
+    return HTTPException(409, "this Idempotency-Key was already used with a different request body")
+
+
+@router.get("/v1/images/{pack_id}/{image_id}", response_class=StreamingResponse,
+            responses={200: {"content": {"image/png": {}}}, 404: {"description": "no such image (or another user's)"}})
+async def get_image(pack_id: str, image_id: str, user_id: ReaderDep, images: ImagesDep) -> StreamingResponse:
+    """The image's bytes from the image store (a directory or S3), streamed as they are read."""
+    image = await images.open_owned(pack_id, image_id, user_id)
+    if image is None:
         raise HTTPException(404, "no such image")
-    return FileResponse(path, media_type="image/png")
+    return StreamingResponse(image.chunks, media_type=image.content_type, headers={"Content-Length": str(image.length)})
 
 
 @router.get("/", response_class=HTMLResponse, include_in_schema=False)

@@ -7,13 +7,14 @@ import signal
 import subprocess
 import sys
 import uuid
-from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 
-from services.cli.stack import Stack
+from services.cli.proxy import Proxy
+from services.cli.stack import PROXY_PORT, SERVICES, Stack, kind, scaled_out
 from shared.devcluster import Cluster, running_brokers
+from shared.images import LocalImageStore, open_image_store
 from shared.settings import CommonSettings
 
 
@@ -25,7 +26,7 @@ def _broker(s: CommonSettings, brokers: int) -> Cluster | None:
     return local
 
 
-def _run_stack(body: Any, brokers: int | None = None) -> int:
+def _run_stack(body: Any, brokers: int | None = None, instances: int = 1) -> int:
     s = CommonSettings()
     brokers = brokers or running_brokers(s.var_dir / "kafka")
     broker = _broker(s, brokers)
@@ -34,7 +35,18 @@ def _run_stack(body: Any, brokers: int | None = None) -> int:
         typer.echo(f"starting Kafka ({brokers} node(s)) ...", err=True)
         broker.start()
         started_broker = True
-    stack = Stack({"KAFKA_BOOTSTRAP_SERVERS": broker.bootstrap} if broker is not None else {}, s.var_dir / "logs")
+    env = {"KAFKA_BOOTSTRAP_SERVERS": broker.bootstrap} if broker is not None else {}
+    proxy: Proxy | None = None
+    if instances > 1:
+        # Behind nginx: one origin for the api and the notifier, whose public URLs are the proxy's.
+        services, ports = scaled_out(instances)
+        proxy = Proxy(s.var_dir / "nginx", s.var_dir / "logs", int(os.environ.get("PROXY_PORT", PROXY_PORT)),
+                      [p for n, p in ports.items() if kind(n) == "api"], [p for n, p in ports.items() if kind(n) == "notifier"])
+        for var in ("API_PUBLIC_URL", "NOTIFIER_PUBLIC_URL"):
+            env[var] = os.environ.get(var, proxy.url)
+        stack = Stack(env, s.var_dir / "logs", services, ports)
+    else:
+        stack = Stack(env, s.var_dir / "logs", SERVICES)
 
     def interrupted(*_: object) -> None:
         raise KeyboardInterrupt
@@ -43,6 +55,12 @@ def _run_stack(body: Any, brokers: int | None = None) -> int:
     try:
         stack.start()
         typer.echo(f"starting {', '.join(stack.services)} (logs in {stack.log_dir}) ...", err=True)
+        if proxy is not None:
+            proxy.start()
+            assert proxy.proc is not None
+            stack.adopt("nginx", proxy.proc)  # watched and stopped with the services
+            proxy.wait_ready()
+            typer.echo(f"nginx on {proxy.url} in front of {instances} api and {instances} notifier instances", err=True)
         stack.wait_healthy(120)
         return int(body(stack, s))
     except KeyboardInterrupt:
@@ -60,14 +78,20 @@ BrokersOption = Annotated[int | None, typer.Option(
 )]
 
 
-def up(brokers: BrokersOption = None) -> None:
+InstancesOption = Annotated[int, typer.Option(
+    "--instances", min=1, help="api and notifier instances; above 1, behind nginx (one origin, PROXY_PORT, default 8080)",
+)]
+
+
+def up(brokers: BrokersOption = None, instances: InstancesOption = 1) -> None:
     """Kafka and the four services in the foreground; Ctrl-C stops them all."""
 
     def body(stack: Stack, s: CommonSettings) -> int:
-        typer.echo(f"packline is up: web page {s.api_public_url}/  (Ctrl-C stops everything)", err=True)
+        public = stack.env.get("API_PUBLIC_URL", s.api_public_url)
+        typer.echo(f"packline is up: web page {public}/  (Ctrl-C stops everything)", err=True)
         return stack.wait()
 
-    raise typer.Exit(_run_stack(body, brokers))
+    raise typer.Exit(_run_stack(body, brokers, instances))
 
 
 def demo() -> None:
@@ -84,10 +108,14 @@ def demo() -> None:
                                  "--feature", "leak-proof lid", "--style", "clean, bright, outdoor", "--wait",
                                  "--api-key", key], stdout=subprocess.PIPE, text=True)
         pack_id = (result.stdout.strip().splitlines() or ["?"])[0]
-        images = sorted(Path(s.images_dir / pack_id).glob("*.png"))
-        typer.echo(f"\n{len(images)} images in {s.images_dir / pack_id}:")
-        for path in images:
-            typer.echo(f"  {path}")
+        store = open_image_store(s)
+        if isinstance(store, LocalImageStore):
+            images = sorted(store.path(pack_id, "").glob("*.png"))
+            typer.echo(f"\n{len(images)} images in {store.describe(pack_id)}:")
+            for path in images:
+                typer.echo(f"  {path}")
+        else:
+            typer.echo(f"\nimages in {store.describe(pack_id)}")
         balance = subprocess.run([*cli, "credits", "balance", user], capture_output=True, text=True)
         typer.echo(balance.stdout.strip())
         return result.returncode

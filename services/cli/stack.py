@@ -16,6 +16,16 @@ import httpx
 SERVICES = ("credits", "generation", "api", "notifier")
 HEALTH_PORT_VARS = {"api": "API_PORT", "notifier": "NOTIFIER_PORT", "credits": "CREDITS_PORT", "generation": "GENERATION_PORT"}
 DEFAULT_PORTS = {"api": 8000, "notifier": 8001, "credits": 8002, "generation": 8003}
+# `packline up --instances N`: api-i and notifier-i listen on these plus i - 1; nginx on PROXY_PORT.
+INSTANCE_PORT_BASE = {"api": 8010, "notifier": 8020}
+PROXY_PORT = 8080
+
+
+def scaled_out(instances: int) -> tuple[tuple[str, ...], dict[str, int]]:
+    """The instance names and ports of a stack with `instances` api and notifier instances
+    (one of each worker)."""
+    names = [f"{service}-{i}" for service in ("api", "notifier") for i in range(1, instances + 1)]
+    return ("credits", "generation", *names), {name: INSTANCE_PORT_BASE[kind(name)] + int(name.split("-")[1]) - 1 for name in names}
 
 
 def kind(instance: str) -> str:
@@ -70,6 +80,10 @@ class Stack:
                 if time.monotonic() > deadline:
                     raise TimeoutError(f"{name} not healthy after {timeout:.0f}s; log:\n{self.tail(name)}")
                 time.sleep(0.2)
+
+    def adopt(self, name: str, proc: subprocess.Popen[bytes]) -> None:
+        """Watch and stop a process started elsewhere (the proxy) with the services."""
+        self.procs[name] = proc
 
     def tail(self, service: str, lines: int = 40) -> str:
         path = self.log_dir / f"{service}.log"

@@ -16,14 +16,7 @@ from pathlib import Path
 from typing import Any, cast
 
 from sqlalchemy import (
-    Boolean,
     CursorResult,
-    DateTime,
-    Enum,
-    ForeignKey,
-    Integer,
-    String,
-    Text,
     create_engine,
     event,
     func,
@@ -33,70 +26,13 @@ from sqlalchemy import (
 )
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
+from sqlalchemy.orm import Session, sessionmaker
 
+from services.credits.tables import Account, LedgerEntry, Pack, PackImage, now
 from shared.errors import UnknownAccount
 from shared.events import ImageSpec, ImageState, MoneyReason, PackState
 
 MIGRATIONS = Path(__file__).parent / "migrations"
-
-
-def _now() -> datetime:
-    return datetime.now(UTC)
-
-
-class Base(DeclarativeBase):
-    pass
-
-
-def _status_column(states: type[PackState] | type[ImageState]) -> Enum:
-    """A status stored as its name in a VARCHAR(16), read back as the enum."""
-    return Enum(states, native_enum=False, create_constraint=False, length=16, validate_strings=True)
-
-
-class Account(Base):
-    __tablename__ = "accounts"
-    user_id: Mapped[str] = mapped_column(String(64), primary_key=True)
-    balance: Mapped[int] = mapped_column(Integer)
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=_now)
-
-
-class LedgerEntry(Base):
-    __tablename__ = "ledger_entries"
-    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
-    entry_key: Mapped[str] = mapped_column(String(200), unique=True)
-    user_id: Mapped[str] = mapped_column(ForeignKey("accounts.user_id"), index=True)
-    pack_id: Mapped[str | None] = mapped_column(String(36), index=True)
-    image_id: Mapped[str | None] = mapped_column(String(64))
-    amount: Mapped[int] = mapped_column(Integer)  # signed: + credits the account, - charges it
-    reason: Mapped[MoneyReason] = mapped_column(String(32))
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=_now)
-
-
-class Pack(Base):
-    __tablename__ = "packs"
-    pack_id: Mapped[str] = mapped_column(String(36), primary_key=True)
-    user_id: Mapped[str] = mapped_column(String(64), index=True)
-    cost: Mapped[int] = mapped_column(Integer)
-    status: Mapped[PackState] = mapped_column(_status_column(PackState))
-    reason: Mapped[str | None] = mapped_column(String(500))
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=_now)
-    accepted_event: Mapped[str | None] = mapped_column(Text)
-    updated_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), default=_now)
-
-
-class PackImage(Base):
-    __tablename__ = "pack_images"
-    pack_id: Mapped[str] = mapped_column(ForeignKey("packs.pack_id"), primary_key=True)
-    image_id: Mapped[str] = mapped_column(String(64), primary_key=True)
-    kind: Mapped[str] = mapped_column(String(32))
-    cost: Mapped[int] = mapped_column(Integer)
-    status: Mapped[ImageState] = mapped_column(_status_column(ImageState), default=ImageState.PENDING)
-    charged: Mapped[bool] = mapped_column(Boolean)
-    run: Mapped[int] = mapped_column(Integer, default=0)
-    attempts: Mapped[int] = mapped_column(Integer, default=0)
-    url: Mapped[str | None] = mapped_column(String(500))
-    error: Mapped[str | None] = mapped_column(String(1000))
 
 
 @dataclass(frozen=True)
@@ -254,7 +190,7 @@ class Ledger:
             if run < img.run or img.status == ImageState.COMPLETED or repeated_failure:
                 return self._view(s, pack, created=False)
             img.run, img.attempts = run, attempts
-            pack.updated_at = _now()
+            pack.updated_at = now()
             moved = 0
             if delivered:
                 img.status, img.url, img.error = ImageState.COMPLETED, url, None
@@ -282,14 +218,14 @@ class Ledger:
             if run <= img.run or img.status != ImageState.FAILED:
                 return self._view(s, pack, created=False)
             img.run, img.status, img.attempts, img.error = run, ImageState.PENDING, 0, None
-            pack.status, pack.updated_at = PackState.PROCESSING, _now()
+            pack.status, pack.updated_at = PackState.PROCESSING, now()
             s.flush()
             return self._view(s, pack, created=True)
 
     def stalled(self, idle_s: float, limit: int = 100) -> list[str]:
         """pack.accepted of packs with images still pending and no result for `idle_s`;
         their idle clock restarts, so each is driven again at most once per `idle_s`."""
-        cutoff = datetime.fromtimestamp(_now().timestamp() - idle_s, UTC)
+        cutoff = datetime.fromtimestamp(now().timestamp() - idle_s, UTC)
         with self.sessions.begin() as s:
             pending = select(PackImage.pack_id).where(PackImage.status == ImageState.PENDING)
             packs = list(s.scalars(
@@ -297,7 +233,7 @@ class Ledger:
                                    Pack.accepted_event.is_not(None)).limit(limit).with_for_update()
             ))
             for pack in packs:
-                pack.updated_at = _now()
+                pack.updated_at = now()
             return [p.accepted_event for p in packs if p.accepted_event]
 
     def pack(self, pack_id: str) -> PackView | None:

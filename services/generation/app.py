@@ -11,7 +11,6 @@ from fastapi import FastAPI
 
 from services.generation import handlers
 from services.generation.backends import make_backend
-from services.generation.claims import ClaimingImageStore
 from services.generation.consumer import JobScheduler
 from services.generation.jobs import JobRunner
 from services.generation.retry import RetryForwarder
@@ -19,6 +18,7 @@ from services.generation.scheduling import ProviderLimiter
 from services.generation.settings import Settings
 from shared.consumer import OrderedConsumer, Record
 from shared.events import PackAccepted
+from shared.images import open_image_store
 from shared.kafka import Publisher
 from shared.topics import PACKS_ACCEPTED
 from shared.worker import Route, dispatch, worker_app
@@ -29,7 +29,7 @@ def build(settings: Settings) -> FastAPI:
     publisher = Publisher(settings.kafka, "packline-generation")
     policy = handlers.RetryPolicy(settings.retry_max_attempts, settings.retry_base_delay_s, settings.retry_max_delay_s)
     limiter = ProviderLimiter(settings.images_per_minute, settings.images_burst)
-    store = ClaimingImageStore(settings.images_dir, settings.api_public_url)
+    store = open_image_store(settings, pool=settings.generation_concurrency)
     runner = JobRunner(make_backend(settings), store, publisher, t, policy, limiter)
     scheduler = JobScheduler(
         settings, runner, limiter, publisher, concurrency=settings.generation_concurrency,

@@ -44,8 +44,12 @@ class LocalBackend:
         self.call_log = settings.local_image_call_log
 
     async def generate(self, job: ImageJob) -> bytes:
-        """One provider call. With LOCAL_IMAGE_CALL_LOG, each call, however it ends, is one line."""
+        """One provider call. With LOCAL_IMAGE_CALL_LOG, each call is one line when it starts
+        (outcome `started`) and one when it ends, however it ends: a call whose process was
+        killed mid-call has the first only."""
         start, outcome = time.time(), "error"
+        if self.call_log:
+            log_provider_call(self.call_log, job, start, "started")
         try:
             data = await self._generate(job)
             outcome = "ok"

@@ -146,7 +146,7 @@ class JobScheduler(ConsumerLoop):
         with contextlib.suppress(Exception):
             await self._commit(force=True)
         gone = set(revoked)
-        self.runner.claim_running(q.job for q in self.running.values() if q.tp in gone)
+        await self.runner.claim_running([q.job for q in self.running.values() if q.tp in gone])
         dropped = self.queue.remove(lambda q: q.tp in gone)
         self.offsets.forget(revoked)
         if dropped:

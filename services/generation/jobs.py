@@ -1,8 +1,9 @@
 """Runs one image job: GENERATING -> backend -> store -> COMPLETED, or hands the failure
 to the retry policy. It never sleeps on a retry: the job leaves through a retry topic.
 It pays the provider once per image: a finished image is reported again, a copy of a
-running job waits for it, and images whose partition moves mid-generation are claimed
-(claims.py) so that their next owner waits too."""
+running job waits for it, and every image is claimed while it is made (claims.py), so that
+a next owner of its partition waits too. Only the process making an image writes its
+claim; the others only read it."""
 
 from __future__ import annotations
 
@@ -19,9 +20,10 @@ from prometheus_client import Counter, Histogram
 
 from services.generation import handlers
 from services.generation.backends import ImageBackend
-from services.generation.claims import CLAIM_REFRESH_S, ClaimingImageStore
+from services.generation.claims import CLAIM_REFRESH_S, Claims
 from services.generation.scheduling import ProviderLimiter
 from shared.events import ImageJob
+from shared.images import ImageStore
 from shared.kafka import Publisher
 from shared.topics import Topics
 
@@ -32,7 +34,7 @@ BACKEND_SECONDS = Histogram("packline_backend_seconds", "image backend latency")
 
 class JobRunner:
     def __init__(
-        self, backend: ImageBackend, store: ClaimingImageStore, publisher: Publisher, topics: Topics,
+        self, backend: ImageBackend, store: ImageStore, publisher: Publisher, topics: Topics,
         policy: handlers.RetryPolicy, limiter: ProviderLimiter | None = None, rng: random.Random | None = None,
     ) -> None:
         self.backend, self.store, self.publisher, self.topics = backend, store, publisher, topics
@@ -40,8 +42,12 @@ class JobRunner:
         self.limiter = limiter or ProviderLimiter(0)
         self.rng = rng or random.Random()
         self.owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"  # whose claims are whose
+        self.claims = Claims(store, self.owner)
+        self.making: set[tuple[str, str, int]] = set()  # decided to pay the provider (not waiting on a claim)
         self.claimed: set[tuple[str, str, int]] = set()
+        self._claims_lock = asyncio.Lock()  # a refresh never lands after its claim's release
         self._keeping: asyncio.Task[None] | None = None
+        self._claiming: dict[tuple[str, str, int], asyncio.Task[None]] = {}
         # job -> future resolved with True when its run ended with its effects published
         self.in_flight: dict[tuple[str, str, int], asyncio.Future[bool]] = {}
 
@@ -63,36 +69,56 @@ class JobRunner:
             ok = True
         finally:
             del self.in_flight[key]
+            self.making.discard(key)
             finished.set_result(ok)
+            claiming = self._claiming.pop(key, None)
+            if claiming is not None:
+                await asyncio.gather(claiming, return_exceptions=True)
             if key in self.claimed:
-                self.claimed.discard(key)
-                self.store.release(key[0], key[1])
+                await self._release(key)
 
-    def claim_running(self, jobs: Iterable[ImageJob]) -> None:
-        """These jobs' partitions were just taken from this process while it makes their
-        images: claim the images, so that the next owner waits for them instead of paying
-        the provider again, and keep the claims fresh until each is done."""
-        for job in jobs:
-            key = _key(job)
-            if key in self.in_flight and key not in self.claimed:
-                self.store.claim(key[0], key[1], self.owner)
-                self.claimed.add(key)
+    async def claim_running(self, jobs: Iterable[ImageJob]) -> None:
+        """These jobs' partitions are being taken from this process while it makes their
+        images: claim the images before the partitions go, so that the next owner waits for
+        them instead of paying the provider again, and keep the claims fresh until each is
+        done. Jobs merely waiting on another process's claim are not claimed: that claim
+        stays, and its writer stays its only writer."""
+        keys = [_key(job) for job in jobs]  # now: `jobs` may be a view of what is running
+        async with self._claims_lock:
+            new = [key for key in keys if key in self.making and key not in self.claimed]
+            self.claimed.update(new)
+            results = await asyncio.gather(*(self.claims.claim(k[0], k[1]) for k in new), return_exceptions=True)
+        for key, result in zip(new, results, strict=True):
+            if isinstance(result, Exception):  # the next owner may pay again for this one
+                log.warning("could not claim %s/%s: %r", key[0], key[1], result)
         if self.claimed and (self._keeping is None or self._keeping.done()):
             self._keeping = asyncio.create_task(self._keep_claims())
 
     async def _keep_claims(self) -> None:
         while self.claimed:
             await asyncio.sleep(CLAIM_REFRESH_S)
-            for pack_id, image_id, _run in list(self.claimed):
-                self.store.refresh_claim(pack_id, image_id)
+            async with self._claims_lock:  # only claims still held: a release is final
+                keys = list(self.claimed)
+                results = await asyncio.gather(*(self.claims.refresh(k[0], k[1]) for k in keys), return_exceptions=True)
+            for key, result in zip(keys, results, strict=True):
+                if isinstance(result, Exception):
+                    log.warning("could not refresh the claim on %s/%s: %r", key[0], key[1], result)
+
+    async def _release(self, key: tuple[str, str, int]) -> None:
+        async with self._claims_lock:
+            self.claimed.discard(key)
+            try:
+                await self.claims.release(key[0], key[1])
+            except Exception as exc:  # it goes stale in CLAIM_STALE_S; the image is saved or never will be
+                log.warning("could not release the claim on %s/%s: %r", key[0], key[1], exc)
 
     async def _run(self, job: ImageJob, source_topic: str, headers: list[tuple[str, bytes]], inherited: bool) -> None:
         pack_id = str(job.pack_id)
         url = self.store.url(pack_id, job.image_id)
         while True:
-            held = inherited and self.store.held_by_other(pack_id, job.image_id, self.owner)
+            held = inherited and await self.claims.held_by_other(pack_id, job.image_id)
             # Looked at after the claim: whoever makes the image saves it before letting go.
-            made_by = self.store.finished(pack_id, job.image_id)
+            made_by = await self.store.finished(pack_id, job.image_id)
             if made_by is not None:
                 # Redelivery or replay of an image that already exists: report it again exactly
                 # as it was first reported (same event ids), and do not pay the provider twice.
@@ -104,6 +130,11 @@ class JobRunner:
             # The process that had this job before a rebalance is still making the image.
             IMAGES.labels("waiting_for_claim").inc()
             await asyncio.sleep(1.0)
+        self.making.add(_key(job))
+        # Claimed while the provider works, off the critical path: a process cut off from the
+        # group long enough to lose its partitions without being told in time (a broker
+        # restart) leaves its claims behind, and the next owner waits instead of paying again.
+        self._claiming[_key(job)] = asyncio.create_task(self.claim_running([job]))
         await self._generate(job, source_topic, headers, url)
 
     async def _generate(self, job: ImageJob, source_topic: str, headers: list[tuple[str, bytes]], url: str) -> None:
@@ -115,7 +146,7 @@ class JobRunner:
         try:
             with BACKEND_SECONDS.time():
                 data = await self.backend.generate(job)
-            await asyncio.to_thread(self.store.save, pack_id, job.image_id, job.user_id, data, job.attempt)
+            await self.store.save(pack_id, job.image_id, job.user_id, data, job.attempt)
         except asyncio.CancelledError:
             raise
         except Exception as exc:
@@ -132,5 +163,5 @@ class JobRunner:
 
 
 def _key(job: ImageJob) -> tuple[str, str, int]:
-    """One image of one run: what in_flight and claimed are keyed by."""
+    """One image of one run: what in_flight, making and claimed are keyed by."""
     return str(job.pack_id), job.image_id, job.run

@@ -31,7 +31,7 @@ from datetime import datetime
 from typing import Any, Protocol
 
 from services.notifier.readmodel import ReadModel, StoredPack, pack_ints, snapshot_json, unpack_ints
-from shared.events import PackState, PackStatus
+from shared.events import ImageEntry, PackState, PackStatus
 from shared.topics import PackFeed
 
 Cursor = dict[int, int]  # packs.status partition -> last position delivered
@@ -65,7 +65,7 @@ class PackView:
     refunded: int = 0
     reason: str | None = None
     updated_at: datetime | None = None
-    images: dict[str, dict[str, Any]] = field(default_factory=dict)
+    images: dict[str, dict[str, Any] | ImageEntry] = field(default_factory=dict)  # as JSON once rendered
     seq: int = 0
     history: deque[Rendered] = field(default_factory=deque)
     partition: int = -1
@@ -86,8 +86,16 @@ class PackView:
             "pack_id": self.pack_id, "user_id": self.user_id, "status": self.status, "cost": self.cost,
             "charged": self.charged, "refunded": self.refunded, "reason": self.reason,
             "created_at": self.created_at.isoformat(), "updated_at": (self.updated_at or self.created_at).isoformat(),
-            "images": list(self.images.values()), "seq": self.seq,
+            "images": [self.image(image_id) for image_id in self.images], "seq": self.seq,
         }
+
+    def image(self, image_id: str) -> dict[str, Any]:
+        """An image's entry as JSON (an entry is kept as it came until it is first rendered:
+        catching up applies many more entries than it renders)."""
+        entry = self.images[image_id]
+        if isinstance(entry, ImageEntry):
+            entry = self.images[image_id] = entry.model_dump(mode="json")
+        return entry
 
     def after(self, last_seq: int) -> list[Rendered] | None:
         """Events after `last_seq`, or None when that id cannot be resumed from."""
@@ -220,7 +228,7 @@ class Store:
         snap = pack.snapshot()
         return StoredPack(
             pack.pack_id, pack.user_id, pack.status.value, not pack.terminal, snap["created_at"], snap["updated_at"],
-            pack.seq, pack.partition, pack.last_offset, pack.last_position, snapshot_json(snap), pack_ints(pack.seen),
+            pack.seq, pack.partition, pack.last_offset, pack.last_position, snapshot_json(snap), pack_ints(sorted(pack.seen)),
             None if pack.offsets is None else pack_ints(pack.offsets),
         )
 
@@ -267,16 +275,16 @@ class Store:
             if ev.status.terminal and ev.images is not None:
                 pack.images.clear()  # the ledger's final word: a REJECTED pack has no images
             for entry in ev.images or ():
-                pack.images[entry.image_id] = entry.model_dump(mode="json")
+                pack.images[entry.image_id] = entry
             self._record(pack, "pack", pack.snapshot)
         else:
-            image = ev.image.model_dump(mode="json")
-            pack.images[ev.image.image_id] = image
+            image_id = ev.image.image_id
+            pack.images[image_id] = ev.image
             if pack.terminal and not ev.image.status.finished:
                 # A replayed image reopens its pack, even before credits says so.
                 pack.status = PackState.PROCESSING
                 self._record(pack, "pack", pack.snapshot)
-            self._record(pack, "image", lambda: {**image, "pack_id": pack_id})
+            self._record(pack, "image", lambda: {**pack.image(image_id), "pack_id": pack_id})
         self.dirty.add(pack_id)
         if pack.terminal:
             self.finished[pack_id] = None

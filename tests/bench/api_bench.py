@@ -33,14 +33,17 @@ async def bench(args: argparse.Namespace, bootstrap: str, work: Path) -> None:
         keys = [make_api_key(secret, f"user-{i}") for i in range(200)]
         body = {"product": {"name": "Bench bottle", "description": "750 ml", "features": ["cold 24 h"]}}
         latencies: list[float] = []
+        run = uuid.uuid4().hex[:8]
         codes: Counter[int] = Counter()
         limits = httpx.Limits(max_connections=200, max_keepalive_connections=200)
         async with httpx.AsyncClient(timeout=10, limits=limits) as client:
             async def one(i: int) -> None:
                 t0 = time.perf_counter()
                 try:
-                    r = await client.post(f"http://127.0.0.1:{port}/v1/packs", json=body,
-                                          headers={"Authorization": f"Bearer {keys[i % len(keys)]}"})
+                    headers = {"Authorization": f"Bearer {keys[i % len(keys)]}"}
+                    if args.idempotency_keys:  # each a new key: claimed on api.idempotency and read back first
+                        headers["Idempotency-Key"] = f"{run}-{i}"
+                    r = await client.post(f"http://127.0.0.1:{port}/v1/packs", json=body, headers=headers)
                     codes[r.status_code] += 1
                 except httpx.HTTPError:
                     codes[0] += 1
@@ -73,6 +76,7 @@ def main() -> int:
     p = argparse.ArgumentParser()
     p.add_argument("--rps", type=float, default=300)
     p.add_argument("--seconds", type=float, default=10)
+    p.add_argument("--idempotency-keys", action="store_true", help="a new Idempotency-Key on every request")
     args = p.parse_args()
     return run_with_broker(lambda bootstrap, work: bench(args, bootstrap, work))
 

@@ -26,6 +26,7 @@ import subprocess
 import sys
 import time
 import uuid
+from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -102,17 +103,16 @@ async def fill(kafka: KafkaConfig, topic: str, history: History) -> dict[int, in
     counts = dict.fromkeys(range(history.partitions), 0)
     try:
         batches = {p: producer.create_batch() for p in counts}
-        in_flight: list[asyncio.Future[object]] = []
+        in_flight: deque[asyncio.Future[object]] = deque()  # a window of batches sent, not yet acknowledged
         for key, partition, values in history.packs_of():
             for value in values:
                 if batches[partition].append(key=key, value=value, timestamp=None) is None:
                     in_flight.append(await producer.send_batch(batches[partition], topic, partition=partition))
                     batches[partition] = producer.create_batch()
                     batches[partition].append(key=key, value=value, timestamp=None)
+                    while len(in_flight) > 4 * history.partitions:
+                        await in_flight.popleft()
                 counts[partition] += 1
-            if len(in_flight) >= 64:
-                await asyncio.gather(*in_flight)
-                in_flight = []
         for partition, batch in batches.items():
             if batch.record_count():
                 in_flight.append(await producer.send_batch(batch, topic, partition=partition))
@@ -125,22 +125,21 @@ async def fill(kafka: KafkaConfig, topic: str, history: History) -> dict[int, in
 def build_direct(db: Path, topic: str, history: History, ends: dict[int, int]) -> None:
     """The read model as a notifier would build it, in this process: every event through
     `Store.apply`, written by `ReadModel.write` in the notifier's batches, checkpoint = ends."""
+    from services.notifier.consumer import FeedDecoder, StatusFeed
     from services.notifier.readmodel import ReadModel
     from services.notifier.state import Store
-    from shared.events import Decoder
-    from shared.topics import PACKS_STATUS
 
     model = ReadModel(db, topic)
     store = Store(500, model)
     store.render = False
-    decode = Decoder(PACKS_STATUS.events)
+    decode = FeedDecoder()
     offsets = dict.fromkeys(range(history.partitions), 0)
     for _key, partition, values in history.packs_of():
         for value in values:  # one pack's events in a row: the store does not care how packs interleave
             store.at(partition, offsets[partition])
             offsets[partition] += 1
             store.apply(decode(value))
-        if len(store.dirty) >= 20_000:
+        if len(store.dirty) >= StatusFeed.flush_packs:
             model.write(*store.take_changes())
             store.evict()
     assert offsets == ends, (offsets, ends)

@@ -20,6 +20,7 @@ import uuid
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import httpx
 
@@ -32,6 +33,7 @@ from shared.devcluster import Cluster
 from shared.events import TERMINAL_PACK, AccountCreate, CreditsBalance, ImageStatus
 from shared.kafka import KafkaConfig, Outgoing
 from shared.topics import Topics
+from tests.harness import read_provider_calls
 
 
 @dataclass
@@ -66,6 +68,9 @@ class ChaosReport:
     kills: list[str] = field(default_factory=list)
     broker_restarts: int = 0
     broker_kills: dict[str, int] = field(default_factory=dict)  # kind (leader, controller, other) -> count
+    provider_calls: int = 0
+    paid_twice: list[str] = field(default_factory=list)  # image attempts the provider was paid for twice, no kill to blame
+    killed_mid_call: list[str] = field(default_factory=list)  # image attempts whose process died during the call
     api_5xx: int = 0
     api_unavailable_s: float = 0.0  # the longest time a pack request waited for its 202
     statuses: dict[str, int] = field(default_factory=dict)
@@ -81,6 +86,9 @@ class ChaosReport:
             f"double debits     {self.double_debits}",
             f"double refunds    {self.double_refunds}",
             f"ledger drift      {self.ledger_drift}",
+            f"provider calls    {self.provider_calls}: once per image attempt, except {len(self.paid_twice)} paid twice "
+            f"{self.paid_twice}; made again after their process was killed mid-call: {len(self.killed_mid_call)} "
+            f"{self.killed_mid_call}",
             f"kills             {len(self.kills)} ({', '.join(self.kills)})",
             f"broker restarts   {self.broker_restarts}",
             f"broker kills      {sum(self.broker_kills.values())} {dict(sorted(self.broker_kills.items()))}",
@@ -91,7 +99,8 @@ class ChaosReport:
 
     @property
     def clean(self) -> bool:
-        return not (self.lost or self.duplicate_images or self.double_debits or self.double_refunds or self.ledger_drift)
+        return not (self.lost or self.duplicate_images or self.double_debits or self.double_refunds or self.ledger_drift
+                    or self.paid_twice)
 
 
 class Chaos:
@@ -106,6 +115,8 @@ class Chaos:
         self.secret = uuid.uuid4().hex
         self.report = ChaosReport()
         self.enough_broker_kills = asyncio.Event()
+        self.killed_pids: set[int] = set()
+        self.call_log = work_dir / "provider-calls.jsonl"
         workers = [f"{k}-{i}" for k in ("credits", "generation", "notifier") for i in range(1, cfg.instances + 1)]
         instances = ("api", *workers)
         ports = {name: free_port() for name in instances}
@@ -115,7 +126,7 @@ class Chaos:
             "LOCAL_IMAGE_LATENCY_MS": str(cfg.latency_ms), "LOCAL_IMAGE_FAILURE_RATE": str(cfg.failure_rate),
             "RETRY_MAX_ATTEMPTS": "10", "RETRY_BASE_DELAY_S": "0.5", "RETRY_MAX_DELAY_S": "4",
             "RATE_LIMIT_PER_S": "1000", "RATE_LIMIT_BURST": "1000", "API_KAFKA_TIMEOUT_S": "3",
-            "REDRIVE_AFTER_S": "20", "REDRIVE_EVERY_S": "5",
+            "REDRIVE_AFTER_S": "20", "REDRIVE_EVERY_S": "5", "LOCAL_IMAGE_CALL_LOG": str(work_dir / "provider-calls.jsonl"),
             "NOTIFIER_PUBLIC_URL": f"http://127.0.0.1:{ports['notifier-1']}",
             "API_PUBLIC_URL": f"http://127.0.0.1:{ports['api']}",
         }
@@ -201,6 +212,7 @@ class Chaos:
                 self.report.broker_restarts += 1
                 continue
             victim = self.rng.choice(self.victims)
+            self.killed_pids.add(self.stack.procs[victim].pid)
             self.stack.signal(victim, 9)
             self.report.kills.append(victim)
             await asyncio.sleep(0.5)
@@ -272,6 +284,7 @@ class Chaos:
             if ev.image.status == "COMPLETED":
                 completions[(str(ev.pack_id), ev.image.image_id, ev.run)].add(ev.event_id)
         self.report.duplicate_images = sum(1 for ids in completions.values() if len(ids) > 1)
+        self._count_provider_calls()
         audit = await asyncio.to_thread(
             subprocess.run,
             [sys.executable, "-m", "services.cli", "audit", "--grace", "0"], env={**os.environ, **self.env},
@@ -282,6 +295,23 @@ class Chaos:
         self.report.double_debits = out.count("double debit")
         self.report.double_refunds = out.count("double refund")
         self.report.ledger_drift = out.count("drift")
+
+    def _count_provider_calls(self) -> None:
+        """Per image attempt, the provider is called once; a second call is excused only when
+        the process that made the first one was SIGKILLed during or right after it."""
+        finished: dict[str, list[dict[str, Any]]] = defaultdict(list)
+        for call in read_provider_calls(self.call_log):
+            finished[_attempt(call)].append(call)
+        started = [_attempt(call) for call in read_provider_calls(self.call_log, started=True)]
+        self.report.provider_calls = len(started)
+        for key in sorted(set(started)):
+            calls = finished.get(key, [])
+            unfinished = started.count(key) - len(calls)
+            earlier = calls[:-1] if calls and calls[-1]["outcome"] == "ok" else calls
+            if unfinished or any(c["pid"] in self.killed_pids for c in earlier):
+                self.report.killed_mid_call.append(key)
+            if len(calls) > 1 and any(c["pid"] not in self.killed_pids for c in calls[:-1]):
+                self.report.paid_twice.append(key)
 
     async def _command(self, event: AccountCreate, user_id: str) -> None:
         """Account creation is idempotent, so it is simply asked again while a freshly
@@ -298,6 +328,10 @@ class Chaos:
             except TimeoutError:
                 if attempt == 4:
                     raise
+
+
+def _attempt(call: dict[str, Any]) -> str:
+    return f"{call['pack_id'][:8]}/{call['image_id']}#{call['run']}.{call['attempt']}"
 
 
 def run(cfg: ChaosConfig, keep: bool = False) -> ChaosReport:

@@ -22,7 +22,8 @@ import pytest
 from sqlalchemy import update
 
 from services.cli import kafka_io
-from services.credits.ledger import Account, Ledger, LedgerEntry
+from services.credits.ledger import Ledger
+from services.credits.tables import Account, LedgerEntry
 from shared.events import PackRequested, Product
 from shared.kafka import Outgoing
 from shared.settings import CommonSettings

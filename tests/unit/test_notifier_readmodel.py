@@ -20,7 +20,7 @@ from shared.events import Decoder, ImageEntry, ImageStatus, PackStatus, stable_i
 from shared.topics import PACKS_STATUS, PackFeed
 
 KINDS = ("main", "lifestyle")
-DECODE = Decoder(PACKS_STATUS.events)
+DECODE = Decoder(PACKS_STATUS.events)  # the general decoder: the feed's own must agree with it
 
 
 def pack_history(pack: uuid.UUID, user: str = "alice") -> list[PackFeed]:
@@ -239,3 +239,24 @@ async def test_the_all_packs_stream_lists_and_resumes_packs_memory_let_go(tmp_pa
     stale = await opening(user_events(gone, "alice", format_cursor(seen_until)))
     assert [e.event for e in stale] == ["pack", "pack", "resync"]
     assert json.loads(stale[-1].data)["packs"] == mine[1:]
+
+
+def test_the_feed_decodes_like_the_general_decoder() -> None:
+    from services.notifier.consumer import FeedDecoder
+    from shared.errors import InvalidMessage
+
+    fast = FeedDecoder()
+    valid = [e.encode() for e in pack_history(uuid.uuid4())]
+    spaced = json.dumps(json.loads(valid[0]), indent=1).encode()  # another producer's whitespace
+    for raw in [*valid, spaced]:
+        assert fast(raw) == DECODE(raw)
+    for bad in (b"{", b'{"type":"pack.status","version":1}', b'{"type":"pack.status","version":9}', None,
+                valid[0].replace(b'"cost":2', b'"cost":"lots"')):
+        for decoder in (fast, DECODE):
+            try:
+                decoder(bad)
+            except InvalidMessage as exc:
+                reasons = str(exc)
+            else:
+                raise AssertionError(f"{bad!r} decoded")
+        assert reasons

@@ -79,3 +79,16 @@ def test_processes_appending_to_one_log_keep_every_line_whole(tmp_path: Path) ->
     assert len(calls) == 4 * 300
     for p in procs:
         assert sorted(c["attempt"] for c in calls if c["pid"] == p.pid) == list(range(1, 301))
+
+
+async def test_an_unexpected_error_is_logged_as_such(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    log = tmp_path / "calls.jsonl"
+    local = backend(log)
+
+    async def broken(_job: ImageJob) -> bytes:
+        raise ValueError("boom")
+
+    monkeypatch.setattr(local, "_generate", broken)
+    with pytest.raises(ValueError):
+        await local.generate(job())
+    assert [c["outcome"] for c in read_provider_calls(log)] == ["error"]

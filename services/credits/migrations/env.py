@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from alembic import context
 
-from services.credits.ledger import Base
+from services.credits.tables import Base
 
 config = context.config
 connection = config.attributes.get("connection")

@@ -1,0 +1,66 @@
+"""The local image store (shared/images.py): the layout both stores share, the owner check
+and the IMAGE_STORE setting. The S3 store runs the same checks against s3proxy in
+tests/e2e/test_s3_images.py."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from pydantic import ValidationError
+
+from shared.images import ImageStore, LocalImageStore, S3ImageStore, open_image_store, parse_s3_url
+from shared.settings import CommonSettings
+
+PACK = "0b6e4d8e-5f2a-4c1e-9d3b-2a7f6c5e4d3c"
+
+
+async def read_all(store: ImageStore, image_id: str, user: str) -> bytes | None:
+    image = await store.open_owned(PACK, image_id, user)
+    return None if image is None else b"".join([chunk async for chunk in image.chunks])
+
+
+async def test_saved_image_layout_and_owner_check(tmp_path: Path) -> None:
+    store = LocalImageStore(tmp_path, "http://api/")
+    assert await store.finished(PACK, "main") is None
+    data = bytes(range(256)) * 1000  # several chunks
+    await store.save(PACK, "main", "alice", data, attempt=2)
+    assert await store.finished(PACK, "main") == 2
+    assert (tmp_path / PACK / "main.png").read_bytes() == data
+    assert json.loads((tmp_path / PACK / "main.json").read_text()) == {"attempt": 2}
+    assert json.loads((tmp_path / PACK / "meta.json").read_text())["user_id"] == "alice"
+    image = await store.open_owned(PACK, "main", "alice")
+    assert image is not None and image.content_type == "image/png" and image.length == len(data)
+    assert b"".join([chunk async for chunk in image.chunks]) == data
+    assert await read_all(store, "main", "mallory") is None  # someone else's image is a missing one
+    assert await read_all(store, "lifestyle", "alice") is None
+    assert await read_all(store, "../etc", "alice") is None
+    assert store.url(PACK, "main") == f"http://api/v1/images/{PACK}/main"
+    with pytest.raises(ValueError):
+        await store.finished("../x", "main")
+
+
+async def test_the_first_owner_stays(tmp_path: Path) -> None:
+    store = LocalImageStore(tmp_path, "http://api")
+    await store.save(PACK, "main", "alice", b"a", 1)
+    await store.save(PACK, "lifestyle", "bob", b"b", 1)
+    assert await read_all(store, "lifestyle", "alice") == b"b"
+    assert await read_all(store, "lifestyle", "bob") is None
+
+
+def test_image_store_setting(tmp_path: Path) -> None:
+    base = {"var_dir": tmp_path, "packline_secret": "s"}
+    default = open_image_store(CommonSettings.model_validate(base))
+    assert isinstance(default, LocalImageStore) and default.root == tmp_path / "images"
+    elsewhere = open_image_store(CommonSettings.model_validate({**base, "image_store": str(tmp_path / "x")}))
+    assert isinstance(elsewhere, LocalImageStore) and elsewhere.root == tmp_path / "x"
+    s3 = open_image_store(CommonSettings.model_validate(
+        {**base, "image_store": "s3://bucket/some/prefix/", "s3_endpoint_url": "http://127.0.0.1:1", "aws_region": "eu-west-1"}))
+    assert isinstance(s3, S3ImageStore) and (s3.bucket, s3.prefix) == ("bucket", "some/prefix")
+    assert s3.key(PACK, "main.png") == f"some/prefix/{PACK}/main.png"
+    assert s3.describe(PACK) == f"s3://bucket/some/prefix/{PACK}/"
+    for bad in ("s3://", "s3:///prefix", "gs://bucket/x"):
+        with pytest.raises(ValidationError):
+            CommonSettings.model_validate({**base, "image_store": bad})
+    assert parse_s3_url("s3://b") == ("b", "")
