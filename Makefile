@@ -16,7 +16,7 @@ UV_DIR       := .cache/uv-$(UV_VERSION)
 UV           := $(UV_DIR)/bin/uv
 UV_COMPILE   := pip compile --quiet --python-version 3.11 --generate-hashes --custom-compile-command "make lock"
 
-.PHONY: setup system-deps lock kafka-jars s3proxy-jars kafka kafka-stop up demo test test-fast lint schemas bench-sse bench-api bench-pipeline bench-intake bench-revocations chaos chaos-cluster clean
+.PHONY: setup system-deps lock kafka-jars s3proxy-jars kafka kafka-stop up demo test test-fast lint schemas bench-sse bench-api bench-pipeline bench-intake bench-notifier-start bench-revocations chaos chaos-cluster clean
 
 setup: $(PY_STAMP) $(JARS_STAMP) $(S3_JARS_STAMP)
 
@@ -100,6 +100,10 @@ bench-pipeline: setup
 # 20,000 pack requests of 50 users published straight to Kafka, then one seller's POST: how soon it is seen and started.
 bench-intake: setup
 	$(BIN)/python -m tests.bench.intake_bench
+
+# A notifier's start (time to ready, RSS) on a read model of 10,000, 100,000 and 1,000,000 finished packs.
+bench-notifier-start: setup
+	$(BIN)/python -m tests.bench.notifier_start_bench
 
 # 1,000,000 records on auth.revocations: how long the api's revocation reader takes to be ready.
 bench-revocations: setup

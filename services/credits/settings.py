@@ -13,7 +13,7 @@ class Settings(CommonSettings):
     redrive_every_s: float = Field(default=30.0, gt=0)
     # Intake (intake.py): pack requests read ahead, and how many may wait per user and per publishing service.
     intake_prefetch: int = Field(default=50_000, ge=1)
-    intake_batch: int = Field(default=200, ge=1)  # requests per ledger transaction, at most
+    intake_batch: int = Field(default=50, ge=1)  # requests per ledger transaction, at most
     intake_max_queued_per_user: int = Field(default=1_000, ge=1)
     intake_max_queued_per_source: int = Field(default=20_000, ge=1)
 

@@ -14,6 +14,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.errors import KafkaError
@@ -59,6 +60,7 @@ class StatusFeed(ConsumerLoop):
     name = "status-feed"
     max_records = 5000
     flush_packs = 5_000  # write sooner when this many packs changed (catching up): bounds memory
+    fetch_bytes = (1 << 20, 8 << 20)  # per partition, per fetch: enough to catch up, little to hold
 
     def __init__(self, kafka: KafkaConfig, topic: str, store: Store, flush_s: float = 0.5) -> None:
         self.kafka, self.topic, self.store, self.flush_s = kafka, topic, store, flush_s
@@ -71,11 +73,14 @@ class StatusFeed(ConsumerLoop):
         self._writing: asyncio.Task[None] | None = None
         self._last_write = time.monotonic()
         self._written: dict[int, int] = {}  # the checkpoint last written
+        # One thread writes, always the same: SQLite's memory stays in one malloc arena.
+        self._writer = ThreadPoolExecutor(1, thread_name_prefix="notifier-read-model")
 
     async def start(self) -> None:
         self.started_at = time.monotonic()
         consumer, tps = await read_from_start(
-            self.kafka, self.topic, "packline-notifier", max_partition_fetch_bytes=8 << 20, fetch_max_bytes=64 << 20,
+            self.kafka, self.topic, "packline-notifier", max_partition_fetch_bytes=self.fetch_bytes[0],
+            fetch_max_bytes=self.fetch_bytes[1],
         )
         try:
             ends = await consumer.end_offsets(tps)
@@ -117,6 +122,7 @@ class StatusFeed(ConsumerLoop):
             log.exception("could not write the read model on the way out; it is read again from Kafka at start")
         if self.consumer is not None:
             await self.consumer.stop()
+        self._writer.shutdown()
 
     async def _check_ready(self) -> None:
         assert self.consumer is not None
@@ -178,7 +184,7 @@ class StatusFeed(ConsumerLoop):
             self.store.evict()
             return
         try:
-            await asyncio.to_thread(model.write, rows, checkpoint)
+            await asyncio.get_running_loop().run_in_executor(self._writer, model.write, rows, checkpoint)
         except BaseException:
             self.store.not_written(rows)
             raise

@@ -158,8 +158,10 @@ async def test_a_notifier_killed_while_writing_restarts_consistent(stack: Runnin
     _, before = await edges(stack)
     burst = asyncio.create_task(fill(stack.kafka, stack.topics.packs_status, history))
     db = next(stack.var_dir.glob("notifier-*.db"))
+    deadline = asyncio.get_running_loop().time() + 120
     while (written := sum(_checkpoint(db).values())) < sum(before.values()) + 5000:
-        assert not burst.done(), f"the notifier wrote only up to {written} while the burst was sent"
+        # The burst may be all on Kafka by now (a busy machine): the notifier is still behind it.
+        assert asyncio.get_running_loop().time() < deadline, f"the notifier wrote only up to {written}"
         await asyncio.sleep(0.01)
     stack.stack.signal("notifier", signal.SIGKILL)
     stack.stack.procs["notifier"].wait()
