@@ -209,10 +209,11 @@ class Store:
 
     def evict(self) -> int:
         """Forget the least recently used finished packs past `cache_packs` (only packs
-        whose state is in the read model: call it when no write is under way)."""
+        whose state is in the read model: call it when no write is under way). While
+        catching up nobody asks for them: every finished pack written goes."""
         if self.model is None:
             return 0
-        excess = len(self.finished) - self.cache_packs
+        excess = len(self.finished) - (self.cache_packs if self.render else 0)
         victims: list[str] = []
         if excess > 0:
             for pack_id in self.finished:

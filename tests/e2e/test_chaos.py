@@ -12,7 +12,8 @@ import pytest
 
 from tests.chaos.harness import Chaos, ChaosConfig
 
-pytestmark = pytest.mark.e2e
+# Each run starts its own broker(s) and a dozen processes: minutes, more on a busy machine.
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(900)]
 
 
 async def test_short_chaos_run_keeps_every_invariant() -> None:

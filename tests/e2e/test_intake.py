@@ -16,7 +16,8 @@ from shared.kafka import Outgoing, Publisher
 from tests.bench.intake_bench import FAST, flood_then_bystander
 from tests.harness import RunningStack
 
-pytestmark = pytest.mark.e2e
+# The flood is 20,000 packs through the whole pipeline: a few minutes.
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(900)]
 
 
 async def test_a_new_pack_is_visible_at_once_and_starts_ahead_of_a_flood(kafka_bootstrap: str, tmp_path: Path) -> None:
