@@ -3,7 +3,8 @@ each endpoint needs, the key registry."""
 
 from __future__ import annotations
 
-from typing import Annotated
+import asyncio
+from typing import Annotated, Protocol, TypeVar
 
 from fastapi import Depends, Request
 
@@ -24,24 +25,33 @@ def get_publisher(request: Request) -> Publisher:
     return from_state(request, "publisher", Publisher)
 
 
+class _Follower(Protocol):
+    ready: asyncio.Event
+
+
+F = TypeVar("F", bound=_Follower)
+
+
+def _caught_up(request: Request, name: str, kind: type[F], what: str) -> F:
+    """`app.state.<name>`, a topic follower, once read to its end; 503 before."""
+    follower = from_state(request, name, kind)
+    if not follower.ready.is_set():
+        raise not_ready(what)
+    return follower
+
+
 def get_limiter(request: Request) -> RateLimiter:
     return from_state(request, "limiter", RateLimiter)
 
 
 def get_idempotency(request: Request) -> IdempotencyFeed:
     """The idempotency index, once read to its end (before that, a key's first body is unknown)."""
-    feed = from_state(request, "idempotency", IdempotencyFeed)
-    if not feed.ready.is_set():
-        raise not_ready("the idempotency keys")
-    return feed
+    return _caught_up(request, "idempotency", IdempotencyFeed, "the idempotency keys")
 
 
 def get_instances(request: Request) -> ApiInstances:
     """The live api instances, once read to the end (before that, this instance's share is unknown)."""
-    instances = from_state(request, "instances", ApiInstances)
-    if not instances.ready.is_set():
-        raise not_ready("the api instances")
-    return instances
+    return _caught_up(request, "instances", ApiInstances, "the api instances")
 
 
 def get_images(request: Request) -> ImageStore:
@@ -67,10 +77,7 @@ def get_key_check(request: Request) -> KeyCheck:
 
 def get_registry(request: Request) -> KeyRegistry:
     """The key registry, once read to its end (before that, a listing would miss keys)."""
-    registry = from_state(request, "registry", KeyRegistry)
-    if not registry.ready.is_set():
-        raise not_ready("the key registry")
-    return registry
+    return _caught_up(request, "registry", KeyRegistry, "the key registry")
 
 
 SettingsDep = Annotated[Settings, Depends(get_settings)]
