@@ -8,7 +8,13 @@ until the image is done. The new owner of the partition, reading those jobs agai
 claim and waits for the image instead of paying the provider a second time. A claim whose
 refresh time is older than CLAIM_STALE_S belongs to a dead process and is ignored.
 
-A claim is a small JSON object: `{"owner": ..., "refreshed_at": <epoch seconds>}`. The time
+A call that fails leaves no image to find, so its claim is not deleted but marked answered
+(`"answered": true`, with the run and attempt): a next owner reading that attempt again knows
+its outcome (a retry, or the failure) is already on Kafka and drops it instead of paying
+for the same attempt twice. The next attempt's claim replaces the mark.
+
+A claim is a small JSON object: `{"owner": ..., "refreshed_at": <epoch seconds>, "run": ...,
+"attempt": ...}`. The time
 is inside, written by the owner, not a file time or the store's Last-Modified: the same on a
 directory and on S3. The writes are plain, unconditional puts (s3proxy and several other
 S3-compatible servers ignore `If-None-Match`). That is safe because a claim has one writer:
@@ -20,11 +26,25 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 
 from shared.images import ImageStore
 
 CLAIM_STALE_S = 15.0  # the owner refreshes every CLAIM_REFRESH_S; three missed refreshes mean it died
 CLAIM_REFRESH_S = 5.0
+
+
+@dataclass(frozen=True)
+class Claim:
+    owner: str
+    refreshed_at: float
+    run: int = 0
+    attempt: int = 0
+    answered: bool = False
+
+    def answers(self, run: int, attempt: int) -> bool:
+        """This attempt (or a later one of the same run) was made and its outcome sent."""
+        return self.answered and self.run == run and self.attempt >= attempt
 
 
 class Claims:
@@ -33,25 +53,39 @@ class Claims:
     def __init__(self, store: ImageStore, owner: str, clock: Callable[[], float] = time.time) -> None:
         self.store, self.owner, self.clock = store, owner, clock
 
-    async def claim(self, pack_id: str, image_id: str) -> None:
+    async def claim(self, pack_id: str, image_id: str, run: int = 0, attempt: int = 0) -> None:
         """Say that this process is paying the provider for this image right now (and again
         to refresh the claim)."""
-        body = {"owner": self.owner, "refreshed_at": self.clock()}
-        await self.store.put_claim(pack_id, image_id, json.dumps(body).encode())
+        await self._put(pack_id, image_id, {"run": run, "attempt": attempt})
 
     refresh = claim
 
-    async def held_by_other(self, pack_id: str, image_id: str) -> bool:
-        """Another live process is making this image (its claim is fresh)."""
+    async def answer(self, pack_id: str, image_id: str, run: int, attempt: int) -> None:
+        """This attempt was made and failed, and its outcome is on Kafka."""
+        await self._put(pack_id, image_id, {"run": run, "attempt": attempt, "answered": True})
+
+    async def read(self, pack_id: str, image_id: str) -> Claim | None:
         raw = await self.store.get_claim(pack_id, image_id)
         if raw is None:
-            return False
+            return None
         try:
             body = json.loads(raw)
-            holder, refreshed_at = str(body["owner"]), float(body["refreshed_at"])
-        except (ValueError, KeyError, TypeError):
-            return False  # unreadable: nobody can be waited for
-        return holder != self.owner and self.clock() - refreshed_at < CLAIM_STALE_S
+            return Claim(str(body["owner"]), float(body["refreshed_at"]), int(body.get("run", 0)),
+                         int(body.get("attempt", 0)), bool(body.get("answered", False)))
+        except (ValueError, KeyError, TypeError, AttributeError):
+            return None  # unreadable: nobody can be waited for
+
+    def held(self, claim: Claim | None) -> bool:
+        """Another live process is making this image (its claim is fresh)."""
+        return (claim is not None and not claim.answered and claim.owner != self.owner
+                and self.clock() - claim.refreshed_at < CLAIM_STALE_S)
+
+    async def held_by_other(self, pack_id: str, image_id: str) -> bool:
+        return self.held(await self.read(pack_id, image_id))
 
     async def release(self, pack_id: str, image_id: str) -> None:
         await self.store.delete_claim(pack_id, image_id)
+
+    async def _put(self, pack_id: str, image_id: str, fields: dict[str, object]) -> None:
+        body = {"owner": self.owner, "refreshed_at": self.clock(), **fields}
+        await self.store.put_claim(pack_id, image_id, json.dumps(body).encode())

@@ -22,9 +22,10 @@ from services.generation import handlers
 from services.generation.backends import ImageBackend
 from services.generation.claims import CLAIM_REFRESH_S, Claims
 from services.generation.scheduling import ProviderLimiter
+from shared.errors import BrokerUnavailable
 from shared.events import ImageJob
 from shared.images import ImageStore
-from shared.kafka import Publisher
+from shared.kafka import Outgoing, Publisher
 from shared.topics import Topics
 
 log = logging.getLogger("packline.generation")
@@ -44,7 +45,8 @@ class JobRunner:
         self.owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"  # whose claims are whose
         self.claims = Claims(store, self.owner)
         self.making: set[tuple[str, str, int]] = set()  # decided to pay the provider (not waiting on a claim)
-        self.claimed: set[tuple[str, str, int]] = set()
+        self.claimed: dict[tuple[str, str, int], int] = {}  # claimed image -> the attempt being made
+        self.answered: set[tuple[str, str, int]] = set()  # failed, and the outcome sent: no image to find
         self._claims_lock = asyncio.Lock()  # a refresh never lands after its claim's release
         self._keeping: asyncio.Task[None] | None = None
         self._claiming: dict[tuple[str, str, int], asyncio.Task[None]] = {}
@@ -74,8 +76,8 @@ class JobRunner:
             claiming = self._claiming.pop(key, None)
             if claiming is not None:
                 await asyncio.gather(claiming, return_exceptions=True)
-            if key in self.claimed:
-                await self._release(key)
+            if key in self.claimed or key in self.answered:  # a fast failure may finish before its claim
+                await self._release(key, job.attempt)
 
     async def claim_running(self, jobs: Iterable[ImageJob]) -> None:
         """These jobs' partitions are being taken from this process while it makes their
@@ -83,11 +85,11 @@ class JobRunner:
         them instead of paying the provider again, and keep the claims fresh until each is
         done. Jobs merely waiting on another process's claim are not claimed: that claim
         stays, and its writer stays its only writer."""
-        keys = [_key(job) for job in jobs]  # now: `jobs` may be a view of what is running
+        attempts = {_key(job): job.attempt for job in jobs}  # now: `jobs` may be a view of what is running
         async with self._claims_lock:
-            new = [key for key in keys if key in self.making and key not in self.claimed]
-            self.claimed.update(new)
-            results = await asyncio.gather(*(self.claims.claim(k[0], k[1]) for k in new), return_exceptions=True)
+            new = [key for key in attempts if key in self.making and key not in self.claimed]
+            self.claimed.update((key, attempts[key]) for key in new)
+            results = await asyncio.gather(*(self._claim(key) for key in new), return_exceptions=True)
         for key, result in zip(new, results, strict=True):
             if isinstance(result, Exception):  # the next owner may pay again for this one
                 log.warning("could not claim %s/%s: %r", key[0], key[1], result)
@@ -99,16 +101,23 @@ class JobRunner:
             await asyncio.sleep(CLAIM_REFRESH_S)
             async with self._claims_lock:  # only claims still held: a release is final
                 keys = list(self.claimed)
-                results = await asyncio.gather(*(self.claims.refresh(k[0], k[1]) for k in keys), return_exceptions=True)
+                results = await asyncio.gather(*(self._claim(key) for key in keys), return_exceptions=True)
             for key, result in zip(keys, results, strict=True):
                 if isinstance(result, Exception):
                     log.warning("could not refresh the claim on %s/%s: %r", key[0], key[1], result)
 
-    async def _release(self, key: tuple[str, str, int]) -> None:
+    async def _claim(self, key: tuple[str, str, int]) -> None:
+        await self.claims.claim(key[0], key[1], key[2], self.claimed[key])
+
+    async def _release(self, key: tuple[str, str, int], attempt: int) -> None:
         async with self._claims_lock:
-            self.claimed.discard(key)
+            self.claimed.pop(key, None)
             try:
-                await self.claims.release(key[0], key[1])
+                if key in self.answered:
+                    self.answered.discard(key)
+                    await self.claims.answer(key[0], key[1], key[2], attempt)
+                else:
+                    await self.claims.release(key[0], key[1])
             except Exception as exc:  # it goes stale in CLAIM_STALE_S; the image is saved or never will be
                 log.warning("could not release the claim on %s/%s: %r", key[0], key[1], exc)
 
@@ -116,8 +125,9 @@ class JobRunner:
         pack_id = str(job.pack_id)
         url = self.store.url(pack_id, job.image_id)
         while True:
-            held = inherited and await self.claims.held_by_other(pack_id, job.image_id)
-            # Looked at after the claim: whoever makes the image saves it before letting go.
+            claim = await self.claims.read(pack_id, job.image_id) if inherited else None
+            # Looked at after the claim: whoever makes the image saves it (or marks the
+            # attempt answered) before letting go.
             made_by = await self.store.finished(pack_id, job.image_id)
             if made_by is not None:
                 # Redelivery or replay of an image that already exists: report it again exactly
@@ -125,7 +135,10 @@ class JobRunner:
                 IMAGES.labels("duplicate").inc()
                 await self.publisher.send(handlers.succeeded(job.model_copy(update={"attempt": made_by}), url, self.topics))
                 return
-            if not held:
+            if claim is not None and claim.answers(job.run, job.attempt):
+                IMAGES.labels("duplicate").inc()  # its retry or failure is on Kafka already
+                return
+            if not self.claims.held(claim):
                 break
             # The process that had this job before a rebalance is still making the image.
             IMAGES.labels("waiting_for_claim").inc()
@@ -142,7 +155,8 @@ class JobRunner:
         await self.limiter.acquire()
         # GENERATING goes out while the provider works; its ack is awaited before the outcome
         # is sent, and one producer keeps the two in order in the pack's partition.
-        generating = await self.publisher.enqueue([handlers.generating(job, self.topics)], keep=False)
+        status = handlers.generating(job, self.topics)
+        generating = await self.publisher.enqueue([status], keep=False)
         try:
             with BACKEND_SECONDS.time():
                 data = await self.backend.generate(job)
@@ -150,16 +164,31 @@ class JobRunner:
         except asyncio.CancelledError:
             raise
         except Exception as exc:
-            await self.publisher.wait(generating)
             IMAGES.labels(type(exc).__name__).inc()
             log.info("image %s/%s attempt %d failed: %r", pack_id, job.image_id, job.attempt, exc)
-            await self.publisher.send(
-                handlers.failed(job, exc, self.policy, self.topics, source_topic, headers, self.rng)
-            )
+            await self._report(generating, status, handlers.failed(
+                job, exc, self.policy, self.topics, source_topic, headers, self.rng))
+            self.answered.add(_key(job))
             return
-        await self.publisher.wait(generating)
         IMAGES.labels("completed").inc()
-        await self.publisher.send(handlers.succeeded(job, url, self.topics))
+        await self._report(generating, status, handlers.succeeded(job, url, self.topics))
+
+    async def _report(self, generating: list[asyncio.Future[Any]], status: Outgoing, outcome: list[Outgoing]) -> None:
+        """The provider has answered: its answer reaches Kafka without the provider being asked
+        again. A failed call leaves nothing in the store, so a job run again after a Kafka
+        outage would pay for the same attempt twice; the outcome is sent again here instead,
+        behind its GENERATING (same event ids: consumers drop the copies)."""
+        pending, messages, tries = generating, outcome, 0
+        while True:
+            try:
+                await self.publisher.wait(pending)
+                await self.publisher.send(messages)
+                return
+            except BrokerUnavailable as exc:
+                tries += 1
+                log.warning("outcome for %s not acknowledged (%r); sending it again", status.key.decode(), exc)
+                pending, messages = [], [status, *outcome]
+                await asyncio.sleep(min(0.5 * tries, 5.0))
 
 
 def _key(job: ImageJob) -> tuple[str, str, int]:

@@ -48,6 +48,18 @@ async def test_a_claim_its_owner_stopped_refreshing_is_ignored(tmp_path: Path) -
 async def test_the_refresh_time_is_inside_the_claim_not_a_file_time(tmp_path: Path) -> None:
     store, clock = LocalImageStore(tmp_path, "http://api"), Clock()
     await Claims(store, "A", clock).claim(PACK, "main")
-    assert await store.get_claim(PACK, "main") == b'{"owner": "A", "refreshed_at": 1000000.0}'
+    assert await store.get_claim(PACK, "main") == b'{"owner": "A", "refreshed_at": 1000000.0, "run": 0, "attempt": 0}'
     await store.put_claim(PACK, "main", b"not json")  # unreadable: nobody to wait for
     assert not await Claims(store, "B", clock).held_by_other(PACK, "main")
+
+
+async def test_an_answered_attempt_is_held_by_nobody_and_answers_itself_and_earlier_ones(tmp_path: Path) -> None:
+    store = LocalImageStore(tmp_path, "http://api")
+    a, b = Claims(store, "A"), Claims(store, "B")
+    await a.claim(PACK, "main", run=0, attempt=2)
+    assert await b.held_by_other(PACK, "main")
+    await a.answer(PACK, "main", run=0, attempt=2)
+    assert not await b.held_by_other(PACK, "main")
+    claim = await b.read(PACK, "main")
+    assert claim is not None and claim.answers(0, 2) and claim.answers(0, 1)
+    assert not claim.answers(0, 3) and not claim.answers(1, 1)  # a later attempt, another run

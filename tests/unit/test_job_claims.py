@@ -14,6 +14,7 @@ from typing import Any, cast
 from services.generation import handlers
 from services.generation.claims import Claims
 from services.generation.jobs import JobRunner
+from shared.errors import BrokerUnavailable, TransientImageError
 from shared.events import ImageJob
 from shared.images import LocalImageStore
 from shared.topics import Topics
@@ -100,3 +101,54 @@ async def test_a_process_waiting_on_a_claim_does_not_claim_the_image(tmp_path: P
     await Claims(store, "A").release(pack_id, "main")
     await asyncio.wait_for(waiting, 5)
     assert backend.calls == 0
+
+
+class FailingBackend:
+    def __init__(self) -> None:
+        self.calls = 0
+
+    async def generate(self, job: ImageJob) -> bytes:
+        self.calls += 1
+        raise TransientImageError("provider busy")
+
+
+class OutagePublisher(FakePublisher):
+    """Kafka does not acknowledge the first `outage` sends."""
+
+    def __init__(self, outage: int) -> None:
+        super().__init__()
+        self.outage = outage
+
+    async def send(self, messages: Iterable[Any]) -> None:
+        if self.outage:
+            self.outage -= 1
+            raise BrokerUnavailable("Kafka did not acknowledge")
+        await super().send(messages)
+
+
+async def test_a_failed_call_whose_outcome_kafka_does_not_take_is_not_made_again(tmp_path: Path) -> None:
+    """A failed call leaves no image behind to find: if the job ran again after the outage,
+    the provider would be paid twice for the same attempt."""
+    backend, publisher = FailingBackend(), OutagePublisher(outage=2)
+    runner = JobRunner(cast(Any, backend), LocalImageStore(tmp_path, "http://api"), cast(Any, publisher), T, POLICY)
+    await runner.run(job(), T.images_jobs, [])
+    assert backend.calls == 1
+    topics = [m.topic for m in publisher.sent]
+    assert topics[-3:-1] == [T.packs_status] * 2 and topics[-1] in T.retry_topics  # GENERATING, RETRYING, the retry
+
+
+async def test_the_next_owner_drops_an_attempt_that_failed_and_was_answered(tmp_path: Path) -> None:
+    """The previous owner made the call, it failed, and its retry is on Kafka: nothing is in
+    the store to find, so without the answered claim the next owner would pay again."""
+    store, backend = LocalImageStore(tmp_path, "http://api"), FailingBackend()
+    a_publisher, b_publisher = FakePublisher(), FakePublisher()
+    a = JobRunner(cast(Any, backend), store, cast(Any, a_publisher), T, POLICY)
+    b = JobRunner(cast(Any, backend), store, cast(Any, b_publisher), T, POLICY)
+    j = job()
+    await a.run(j, T.images_jobs, [])
+    assert backend.calls == 1 and [m.topic for m in a_publisher.sent][-1] in T.retry_topics
+    await b.run(j, T.images_jobs, [], inherited=True)  # read again after a rebalance
+    assert backend.calls == 1 and b_publisher.sent == []
+    retry = j.model_copy(update={"attempt": 2})
+    await b.run(retry, T.images_jobs, [], inherited=True)  # the next attempt is made
+    assert backend.calls == 2
