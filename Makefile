@@ -7,6 +7,9 @@ JARS_DIR   := .cache/kafka-libs
 JARS_STAMP := $(JARS_DIR)/.installed
 S3_JARS_DIR   := .cache/s3proxy-libs
 S3_JARS_STAMP := $(S3_JARS_DIR)/.installed
+# The AsyncAPI parser (Node.js) that validates schemas/asyncapi.json in the tests: exact versions from deploy/asyncapi's lock.
+ASYNCAPI_DIR   := .cache/asyncapi-node
+ASYNCAPI_STAMP := $(ASYNCAPI_DIR)/.installed
 PACKLINE := $(BIN)/packline
 # Every package (transitive ones, pip and the build backend included) pinned with hashes; `make lock` writes both.
 LOCK         := requirements.lock
@@ -16,7 +19,7 @@ UV_DIR       := .cache/uv-$(UV_VERSION)
 UV           := $(UV_DIR)/bin/uv
 UV_COMPILE   := pip compile --quiet --python-version 3.11 --generate-hashes --custom-compile-command "make lock"
 
-.PHONY: setup system-deps lock kafka-jars s3proxy-jars kafka kafka-stop up demo test test-fast lint schemas bench-sse bench-api bench-pipeline bench-intake bench-notifier-start bench-revocations chaos chaos-cluster clean
+.PHONY: setup system-deps lock kafka-jars s3proxy-jars asyncapi-parser kafka kafka-stop up demo test test-fast lint schemas bench-sse bench-api bench-pipeline bench-intake bench-notifier-start bench-revocations chaos chaos-cluster clean
 
 setup: $(PY_STAMP) $(JARS_STAMP) $(S3_JARS_STAMP)
 
@@ -41,6 +44,13 @@ lock: $(UV)
 $(UV):
 	$(PYTHON) -m venv $(UV_DIR)
 	$(UV_DIR)/bin/python -m pip install -q uv==$(UV_VERSION)
+
+asyncapi-parser: $(ASYNCAPI_STAMP)
+$(ASYNCAPI_STAMP): deploy/asyncapi/package.json deploy/asyncapi/package-lock.json
+	mkdir -p $(ASYNCAPI_DIR)
+	cp deploy/asyncapi/package.json deploy/asyncapi/package-lock.json $(ASYNCAPI_DIR)/
+	npm ci --prefix $(ASYNCAPI_DIR) --ignore-scripts --no-audit --no-fund --loglevel=error
+	touch $@
 
 kafka-jars: $(JARS_STAMP)
 $(JARS_STAMP): deploy/kafka/pom.xml
@@ -73,15 +83,15 @@ demo: setup
 system-deps:
 	@if [ "$$(id -u)" = 0 ]; then deploy/system-deps.sh; else echo "not root: PostgreSQL, Chromium and nginx must be installed already"; fi
 
-test: lint system-deps
+test: lint system-deps $(ASYNCAPI_STAMP)
 	$(BIN)/pytest -q -ra
 
-test-fast: setup
+test-fast: setup $(ASYNCAPI_STAMP)
 	$(BIN)/pytest -q -ra -m "not e2e"
 
 lint: setup
-	$(BIN)/ruff check shared services tests
-	$(BIN)/mypy shared services
+	$(BIN)/ruff check shared services tests clients
+	$(BIN)/mypy shared services clients/python/packline_client
 
 schemas: setup
 	$(PACKLINE) schemas export

@@ -2,13 +2,15 @@
 # The Debian packages the test suite drives as real parts, installed if missing (idempotent):
 # PostgreSQL (the ledger tests run on it too; started and given a packline role and database),
 # Chromium (the browser tests) and nginx (two api and two notifier instances behind it; the
-# tests start it as a plain process, never as the system service). Needs root; `make test` runs it.
+# tests start it as a plain process, never as the system service), Node.js and npm (the AsyncAPI
+# validator). Needs root; `make test` runs it.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 missing=()
 command -v pg_ctlcluster >/dev/null || missing+=(postgresql)
 [ -x /usr/bin/chromium ] || missing+=(chromium)
 command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || missing+=(nginx)
+command -v npm >/dev/null || missing+=(nodejs npm)  # the AsyncAPI parser (make asyncapi-parser)
 if [ ${#missing[@]} -gt 0 ]; then
   apt-get update -qq
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null

@@ -28,11 +28,11 @@ from typing import Literal, get_args
 API_KEY_PREFIX = "pk_"
 STREAM_TOKEN_PREFIX = "st_"
 
-Scope = Literal["packs:write", "packs:read", "keys", "ops"]
+Scope = Literal["packs:write", "packs:read", "keys", "ops", "webhooks"]
 SCOPES: tuple[Scope, ...] = get_args(Scope)
 # What an account key (today's format) holds: everything a user can do. `ops` is for
 # operators: only a holder of the secret (the CLI) or of an `ops` key can grant it.
-USER_SCOPES: frozenset[Scope] = frozenset({"packs:write", "packs:read", "keys"})
+USER_SCOPES: frozenset[Scope] = frozenset({"packs:write", "packs:read", "keys", "webhooks"})
 KEY_ID_PATTERN = r"^key_[0-9a-f]{16}$"
 
 _V2 = "v2 "
@@ -194,6 +194,36 @@ def verify_stream_token(secrets: Sequence[str] | str, token: str, pack_id: str, 
     return claims
 
 
+def make_user_stream_token(
+    secret: str, user_id: str, ttl_s: int, now: float | None = None, generation: int = 0, key_id: str | None = None,
+) -> tuple[str, int]:
+    """A token for all of one user's packs (`GET /v1/events?token=`), carrying the key that
+    minted it, and when it expires (epoch seconds). Signed under its own label: neither a
+    pack's token nor an API key can pass for it."""
+    expires = int((now if now is not None else time.time()) + ttl_s)
+    payload = _b64(f"u1 {user_id} {expires} {generation} {key_id or _NO_KEY}")
+    return f"{STREAM_TOKEN_PREFIX}{payload}.{_mac(secret, 'ustream:' + payload)}", expires
+
+
+def verify_user_stream_token(secrets: Sequence[str] | str, token: str, now: float | None = None) -> StreamClaims:
+    """The claims of a user stream token (`pack_id` is empty: it names no pack), or AuthError."""
+    payload, text, mac = _split(token, STREAM_TOKEN_PREFIX, "stream token")
+    index = _signed_by(_ring(secrets), "ustream:", payload, mac)
+    if index is None:
+        raise AuthError("invalid user stream token")
+    try:
+        kind, user_id, expires, generation, key_id = text.split(" ")
+        if kind != "u1":
+            raise ValueError(kind)
+        claims = StreamClaims(user_id, "", int(generation), None if key_id == _NO_KEY else key_id, index)
+        expires_at = int(expires)
+    except ValueError as exc:
+        raise AuthError("malformed stream token") from exc
+    if expires_at < (now if now is not None else time.time()):
+        raise AuthError("stream token expired")
+    return claims
+
+
 @dataclass(frozen=True)
 class Keyring:
     """The secrets in force: the first signs, every one verifies."""
@@ -213,3 +243,6 @@ class Keyring:
 
     def verify_stream_token(self, token: str, pack_id: str, now: float | None = None) -> StreamClaims:
         return verify_stream_token(self.secrets, token, pack_id, now)
+
+    def verify_user_stream_token(self, token: str, now: float | None = None) -> StreamClaims:
+        return verify_user_stream_token(self.secrets, token, now)

@@ -17,13 +17,16 @@ import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable, Iterable, Sequence
-from typing import Any, TypeAlias
+from typing import TYPE_CHECKING, Any, TypeAlias
 
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.structs import ConsumerRecord
 
 from shared.admin import partitions_of
 from shared.kafka import KafkaConfig
+
+if TYPE_CHECKING:
+    from shared.poison import DeadLetters
 
 log = logging.getLogger("packline.consumer")
 
@@ -129,6 +132,7 @@ class FeedReader(ConsumerLoop):
     the state may be trusted. `handle` gets each partition's records in order."""
 
     max_records = 2_000  # per step: the event loop answers requests (503s) between steps
+    dead_letters: DeadLetters | None = None
 
     def __init__(self, kafka: KafkaConfig, topic: str, client_id: str) -> None:
         self.kafka, self.topic, self.client_id = kafka, topic, client_id
@@ -137,6 +141,13 @@ class FeedReader(ConsumerLoop):
 
     def handle(self, records: list[Record]) -> None:
         raise NotImplementedError
+
+    def poisoned(self, record: Record, exc: Exception) -> None:
+        """A record `handle` could not read: skipped, and sent to invalid.dlq when the
+        service gave this reader `dead_letters` (`shared.poison`)."""
+        log.warning("%s: skipping %s[%s]@%s: %s", self.name, record.topic, record.partition, record.offset, exc)
+        if self.dead_letters is not None:
+            self.dead_letters.add(record, str(exc))
 
     def on_ready(self) -> None:
         """Called once, when `ready` is set."""

@@ -27,12 +27,14 @@ AplusKind = Literal["aplus_banner", "aplus_features", "aplus_comparison", "aplus
 ShortText = Annotated[str, StringConstraints(max_length=300)]
 
 LISTING_KINDS: tuple[ImageKind, ...] = ("main", "lifestyle", "infographic", "detail", "scale", "packaging")
-APLUS_KINDS: tuple[str, ...] = ("aplus_banner", "aplus_features", "aplus_comparison", "aplus_story")
+APLUS_KINDS: tuple[AplusKind, ...] = ("aplus_banner", "aplus_features", "aplus_comparison", "aplus_story")
 MoneyReason = Literal["account_created", "granted", "debited", "refunded", "recharged"]
 
 
 class PackState(StrEnum):
-    """A pack's status: DRAFT -> PROCESSING -> COMPLETED | PARTIAL | FAILED, or DRAFT -> REJECTED."""
+    """A pack's status: DRAFT -> PROCESSING -> COMPLETED | PARTIAL | FAILED, or DRAFT -> REJECTED;
+    CANCELLED from DRAFT or PROCESSING at the owner's request; PARTIAL or FAILED -> PROCESSING
+    again when failed images are regenerated."""
 
     DRAFT = "DRAFT"
     PROCESSING = "PROCESSING"
@@ -40,6 +42,7 @@ class PackState(StrEnum):
     PARTIAL = "PARTIAL"
     FAILED = "FAILED"
     REJECTED = "REJECTED"
+    CANCELLED = "CANCELLED"
 
     @property
     def terminal(self) -> bool:
@@ -47,20 +50,22 @@ class PackState(StrEnum):
 
 
 class ImageState(StrEnum):
-    """An image's status: PENDING -> GENERATING -> (RETRYING -> GENERATING)* -> COMPLETED | FAILED."""
+    """An image's status: PENDING -> GENERATING -> (RETRYING -> GENERATING)* -> COMPLETED | FAILED,
+    or CANCELLED (not made: its pack was cancelled first)."""
 
     PENDING = "PENDING"
     GENERATING = "GENERATING"
     RETRYING = "RETRYING"
     COMPLETED = "COMPLETED"
     FAILED = "FAILED"
+    CANCELLED = "CANCELLED"
 
     @property
     def finished(self) -> bool:
-        return self in (ImageState.COMPLETED, ImageState.FAILED)
+        return self in (ImageState.COMPLETED, ImageState.FAILED, ImageState.CANCELLED)
 
 
-TERMINAL_PACK = frozenset({PackState.COMPLETED, PackState.PARTIAL, PackState.FAILED, PackState.REJECTED})
+TERMINAL_PACK = frozenset({PackState.COMPLETED, PackState.PARTIAL, PackState.FAILED, PackState.REJECTED, PackState.CANCELLED})
 NAMESPACE = uuid.UUID("6b1f0f5e-7a52-4c33-9a8e-0d3c1f2b7a10")
 
 
@@ -124,14 +129,17 @@ UPCASTERS: dict[tuple[str, int], Callable[[dict[str, Any]], dict[str, Any]]] = {
 
 
 class PackRequested(Event):
+    """v2: `aplus` names the A+ modules wanted (v1's `true` meant all four, `false` none)."""
+
     TYPE = "pack.requested"
+    VERSION = 2
     type: Literal["pack.requested"] = "pack.requested"
-    version: Literal[1] = 1
+    version: Literal[2] = 2
     pack_id: uuid.UUID
     user_id: UserId
     product: Product
     images: Annotated[list[ImageKind], Field(min_length=1, max_length=6)] = list(LISTING_KINDS)
-    aplus: bool = False
+    aplus: Annotated[list[AplusKind], Field(max_length=4)] = []
     idempotency_key: str | None = None
     request_hash: str | None = None
     # Who published the request ("api", or a service's own name): intake limits the backlog per source.
@@ -139,6 +147,9 @@ class PackRequested(Event):
 
 
 class PackAccepted(Event):
+    """The images to make for one run of a pack: all of them (run 0), or the ones a
+    regeneration makes again (run 1, 2, ...)."""
+
     TYPE = "pack.accepted"
     type: Literal["pack.accepted"] = "pack.accepted"
     version: Literal[1] = 1
@@ -147,6 +158,7 @@ class PackAccepted(Event):
     product: Product
     images: list[ImageSpec]
     cost: int
+    run: int = 0
 
 
 class PackStatus(Event):
@@ -233,6 +245,56 @@ class ImageReplayed(Event):
     operator: str
 
 
+class PackCancel(Event):
+    """The owner stops a pack. On `images.results` beside the pack's image outcomes (keyed by
+    pack id): an outcome before it in the log is delivered and charged, one after it is not."""
+
+    TYPE = "pack.cancel"
+    type: Literal["pack.cancel"] = "pack.cancel"
+    version: Literal[1] = 1
+    pack_id: uuid.UUID
+    user_id: UserId
+
+
+class PackRegenerate(Event):
+    """The owner has failed images of a finished pack made again (`images`: all failed ones
+    when None), as a new run, paid for like a new pack. On `images.results`, like a cancel."""
+
+    TYPE = "pack.regenerate"
+    type: Literal["pack.regenerate"] = "pack.regenerate"
+    version: Literal[1] = 1
+    pack_id: uuid.UUID
+    user_id: UserId
+    images: Annotated[list[str], Field(min_length=1, max_length=10)] | None = None
+
+
+class PackCommandResult(Event):
+    """Credits' answer to a cancel or a regeneration (`packs.replies`), for the api to turn
+    into an HTTP status. `command_id` is the command's event id."""
+
+    TYPE = "pack.command_result"
+    type: Literal["pack.command_result"] = "pack.command_result"
+    version: Literal[1] = 1
+    command_id: str
+    pack_id: uuid.UUID
+    user_id: UserId
+    outcome: Literal["accepted", "not_found", "conflict", "insufficient_credits", "unknown_images"]
+    message: str | None = None
+    run: int | None = None  # a regeneration's run
+
+
+class PackCancelled(Event):
+    """A pack was cancelled (`packs.cancelled`, read by every generation process): its jobs
+    are not started, calls in flight are abandoned, and of its images only `delivered` stay."""
+
+    TYPE = "pack.cancelled"
+    type: Literal["pack.cancelled"] = "pack.cancelled"
+    version: Literal[1] = 1
+    pack_id: uuid.UUID
+    user_id: UserId
+    delivered: list[str]
+
+
 class AccountCreate(Event):
     TYPE = "account.create"
     type: Literal["account.create"] = "account.create"
@@ -283,10 +345,13 @@ class DlqReplayed(Event):
     TYPE = "dlq.replayed"
     type: Literal["dlq.replayed"] = "dlq.replayed"
     version: Literal[1] = 1
-    operator: str
+    operator: str  # the user id of the operator key that signed the replay (a free-typed name before keys)
     entries: list[str]
     pack_ids: list[str]
     dry_run: bool = False
+    key_id: str | None = None  # the operator key (None: an account key, or a record from before keys)
+    forced: bool = False  # parked entries were replayed on purpose (`--force`)
+    label: str | None = None  # the deprecated `--operator` text, kept as a note; never the identity
 
 
 class KeyRevoked(Event):
@@ -303,7 +368,7 @@ class KeyRevoked(Event):
 
 KeyId = Annotated[str, StringConstraints(pattern=KEY_ID_PATTERN)]
 KeyName = Annotated[str, StringConstraints(min_length=1, max_length=100, strip_whitespace=True)]
-Scopes = Annotated[list[Scope], Field(min_length=1, max_length=4)]
+Scopes = Annotated[list[Scope], Field(min_length=1, max_length=5)]
 
 
 class NamedKeyCreated(Event):
@@ -393,6 +458,80 @@ class ApiInstanceSeen(Event):
     started_at: datetime
     leaving: bool = False
 
+
+WebhookEventType = Literal["pack.terminal", "image.status"]
+WebhookEndpointId = Annotated[str, StringConstraints(pattern=r"^we_[0-9a-f]{16}$")]
+
+
+class WebhookEndpointRegistered(Event):
+    """A user registered a webhook endpoint (`webhooks.endpoints`, compacted, keyed by
+    endpoint id). Its signing secret is not here: it is derived from the server secret
+    whose fingerprint is `secret_ref` (shared/webhooks.py)."""
+
+    TYPE = "webhook_endpoint.registered"
+    type: Literal["webhook_endpoint.registered"] = "webhook_endpoint.registered"
+    version: Literal[1] = 1
+    endpoint_id: WebhookEndpointId
+    user_id: UserId
+    url: Annotated[str, StringConstraints(min_length=1, max_length=2000)]
+    events: Annotated[list[WebhookEventType], Field(min_length=1, max_length=2)]
+    secret_ref: str
+
+
+class WebhookEndpointDeleted(Event):
+    """The endpoint is gone for good: the newest record of its key, so compaction keeps this."""
+
+    TYPE = "webhook_endpoint.deleted"
+    type: Literal["webhook_endpoint.deleted"] = "webhook_endpoint.deleted"
+    version: Literal[1] = 1
+    endpoint_id: WebhookEndpointId
+    user_id: UserId
+
+
+class WebhookDelivery(Event):
+    """One message to deliver to one endpoint (`webhooks.deliveries`, its retry tiers and
+    `webhooks.dlq`, keyed by endpoint id). `webhook_id` is the `webhook-id` header: the
+    same on every attempt and replay. `body` is the exact bytes sent."""
+
+    TYPE = "webhook.delivery"
+    type: Literal["webhook.delivery"] = "webhook.delivery"
+    version: Literal[1] = 1
+    webhook_id: str
+    endpoint_id: WebhookEndpointId
+    user_id: UserId
+    event_type: WebhookEventType
+    pack_id: uuid.UUID
+    body: str
+    attempt: int = Field(default=1, ge=1)
+
+
+class WebhookAttempted(Event):
+    """The outcome of one delivery attempt (`webhooks.attempts`, keyed by endpoint id), for
+    `GET /v1/webhooks/{id}/deliveries`. `status_code` None: no answer (timeout, refused)."""
+
+    TYPE = "webhook.attempted"
+    type: Literal["webhook.attempted"] = "webhook.attempted"
+    version: Literal[1] = 1
+    webhook_id: str
+    endpoint_id: WebhookEndpointId
+    user_id: UserId
+    event_type: WebhookEventType
+    attempt: int = Field(ge=1)
+    status_code: int | None = None
+    error: str | None = None
+    ok: bool
+    duration_ms: int = 0
+    next: Literal["done", "retry", "dead_letter"] = "done"
+
+
+def _requested_v1_to_v2(data: dict[str, Any]) -> dict[str, Any]:
+    aplus = data.get("aplus", False)
+    if isinstance(aplus, bool):  # anything else is left for validation to refuse
+        data["aplus"] = list(APLUS_KINDS) if aplus else []
+    return data
+
+
+UPCASTERS[("pack.requested", 1)] = _requested_v1_to_v2
 
 E = TypeVar("E", bound=Event)
 

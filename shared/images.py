@@ -46,13 +46,21 @@ def check(pack_id: str, image_id: str) -> None:
         raise ValueError(f"unsafe image path {pack_id}/{image_id}")
 
 
+def _nothing() -> None:
+    pass
+
+
 @dataclass
 class StoredImage:
-    """An image the api may serve: its bytes arrive in chunks as the client reads them."""
+    """An image the api may serve: its bytes arrive in chunks as the client reads them.
+    `etag` (quoted, strong) changes whenever the stored bytes do; `release` frees what
+    `chunks` would have closed, for an image that is not read after all (a 304)."""
 
     content_type: str
     length: int
     chunks: AsyncIterator[bytes]
+    etag: str = ""
+    release: Callable[[], None] = _nothing
 
 
 class ImageStore(ABC):
@@ -84,11 +92,35 @@ class ImageStore(ABC):
         is indistinguishable from a missing one)."""
         try:
             check(pack_id, image_id)
+        except ValueError:
+            return None
+        return await self._open(pack_id, f"{image_id}.png") if await self.owner(pack_id) == user_id else None
+
+    async def delivered(self, pack_id: str) -> list[str]:
+        """The ids of the pack's finished images (those whose attempt marker exists: it is
+        written last), in order; [] for a pack with none, or an unsafe id."""
+        try:
+            check(pack_id, "meta")
+        except ValueError:
+            return []
+        names = await self._list(pack_id)
+        return sorted(n[:-5] for n in names if n.endswith(".json") and n != "meta.json" and SAFE.match(n[:-5]))
+
+    async def discard(self, pack_id: str, image_id: str) -> None:
+        """Remove an image that must not be delivered (made after its pack was cancelled):
+        its marker first, so that it is never seen as finished without its bytes."""
+        check(pack_id, image_id)
+        await self._delete(pack_id, f"{image_id}.json")
+        await self._delete(pack_id, f"{image_id}.png")
+
+    async def owner(self, pack_id: str) -> str | None:
+        """Who owns the pack's images (None: no image stored yet, or an unsafe id)."""
+        try:
+            check(pack_id, "meta")
             raw = await self._get(pack_id, "meta.json")
-            owner = None if raw is None else json.loads(raw)["user_id"]
+            return None if raw is None else str(json.loads(raw)["user_id"])
         except (ValueError, KeyError, TypeError):
             return None
-        return await self._open(pack_id, f"{image_id}.png") if owner == user_id else None
 
     # Claims: the bytes only; their meaning is generation's (services/generation/claims.py).
     async def put_claim(self, pack_id: str, image_id: str, data: bytes) -> None:
@@ -118,6 +150,10 @@ class ImageStore(ABC):
 
     @abstractmethod
     async def _open(self, pack_id: str, name: str) -> StoredImage | None: ...
+
+    @abstractmethod
+    async def _list(self, pack_id: str) -> list[str]:
+        """The names stored under the pack (not recursive)."""
 
 
 class LocalImageStore(ImageStore):
@@ -151,7 +187,20 @@ class LocalImageStore(ImageStore):
             fh = await asyncio.to_thread(open, self.path(pack_id, name), "rb")
         except (FileNotFoundError, IsADirectoryError):
             return None
-        return StoredImage(PNG, os.fstat(fh.fileno()).st_size, _chunks(asyncio.to_thread, fh.read, fh.close))
+        st = os.fstat(fh.fileno())
+        # A file is only ever replaced whole (renamed into place): inode, mtime and size of
+        # the open file name its bytes, without reading them.
+        etag = f'"{st.st_ino:x}-{st.st_mtime_ns:x}-{st.st_size:x}"'
+        return StoredImage(PNG, st.st_size, _chunks(asyncio.to_thread, fh.read, fh.close), etag, fh.close)
+
+    async def _list(self, pack_id: str) -> list[str]:
+        def names() -> list[str]:
+            try:
+                return [entry.name for entry in os.scandir(self.root / pack_id) if entry.is_file()]
+            except (FileNotFoundError, NotADirectoryError):
+                return []
+
+        return await asyncio.to_thread(names)
 
 
 class S3ImageStore(ImageStore):
@@ -203,7 +252,18 @@ class S3ImageStore(ImageStore):
         if obj is None:
             return None
         body = obj["Body"]
-        return StoredImage(obj.get("ContentType") or PNG, int(obj["ContentLength"]), _chunks(self._call, body.read, body.close))
+        return StoredImage(obj.get("ContentType") or PNG, int(obj["ContentLength"]), _chunks(self._call, body.read, body.close),
+                           str(obj.get("ETag") or ""), body.close)
+
+    async def _list(self, pack_id: str) -> list[str]:
+        def names() -> list[str]:
+            prefix = self.key(pack_id, "")
+            found: list[str] = []
+            for page in self.client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=prefix, Delimiter="/"):
+                found += [obj["Key"][len(prefix):] for obj in page.get("Contents", ())]
+            return found
+
+        return await self._call(names)
 
 
 async def _chunks(run: Callable[..., Any], read: Callable[[int], bytes], close: Callable[[], None]) -> AsyncIterator[bytes]:

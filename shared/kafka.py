@@ -5,6 +5,7 @@ publisher, dead-letter headers. Reading is in `shared.consumer`, topic creation 
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import ssl
 import time
@@ -18,6 +19,7 @@ from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import KafkaError
 from aiokafka.helpers import create_ssl_context
 
+from shared import tracing
 from shared.errors import BrokerUnavailable
 from shared.events import Event
 from shared.topics import Topics
@@ -139,7 +141,11 @@ class Publisher:
         assert producer is not None
 
         async def put_all() -> list[asyncio.Future[Any]]:
-            return [await producer.send(m.topic, m.value, key=m.key, headers=m.headers) for m in messages]
+            futures = []
+            for m in messages:
+                tracing.inject(m.topic, m.value, m.headers)  # the one place trace context enters Kafka
+                futures.append(await producer.send(m.topic, m.value, key=m.key, headers=m.headers))
+            return futures
 
         try:
             futures = await asyncio.wait_for(put_all(), self.timeout_s)  # waits when Kafka is away
@@ -197,10 +203,26 @@ def failure_headers(
 
 def invalid_message(
     topics: Topics, *, topic: str, partition: int, offset: int, key: bytes | None, value: bytes | None,
-    reason: str, error_type: str = "InvalidMessage",
+    reason: str, error_type: str = "InvalidMessage", headers: Headers | None = None, bad_header: str | None = None,
 ) -> Outgoing:
-    headers = failure_headers(
-        attempts=1, error=reason, error_type=error_type, original_topic=topic, first_failed_at_ms=None,
-        extra={"x-original-partition": partition, "x-original-offset": offset},
+    """A message for invalid.dlq: the original key and value, where it came from and why.
+    Its own headers are kept in `x-original-headers` (a JSON list of [name, value]), so a
+    replay can restore them; `bad_header` names the one that was malformed."""
+    extra: dict[str, Any] = {"x-original-partition": partition, "x-original-offset": offset, "x-bad-header": bad_header}
+    if headers:
+        extra["x-original-headers"] = json.dumps([[k, v.decode(errors="replace")] for k, v in headers])
+    dead = failure_headers(
+        attempts=1, error=reason, error_type=error_type, original_topic=topic, first_failed_at_ms=None, extra=extra,
     )
-    return Outgoing(topics.invalid_dlq, value or b"", key or b"", headers)
+    return Outgoing(topics.invalid_dlq, value or b"", key or b"", tracing.keep(dead, headers))
+
+
+def original_headers(headers: Sequence[tuple[str, bytes]] | None) -> Headers:
+    """The headers a dead-lettered message had (`invalid_message`), or none."""
+    raw = header(headers, "x-original-headers")
+    if not raw:
+        return []
+    try:
+        return [(str(k), str(v).encode()) for k, v in json.loads(raw)]
+    except (ValueError, TypeError):
+        return []

@@ -99,7 +99,7 @@ class KeyRegistry(FeedReader):
             try:
                 self.registry.apply(self._decode(m.value))
             except InvalidMessage as exc:
-                log.warning("skipping key record %s@%s: %s", m.partition, m.offset, exc)
+                self.poisoned(m, exc)
 
 
 def created_messages(topics: Topics, ev: NamedKeyCreated) -> list[Outgoing]:

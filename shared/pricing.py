@@ -12,17 +12,16 @@ APLUS_SIZE = (1536, 1024)
 LISTING_SIZE = (1024, 1024)
 
 
-def plan_pack(images: Sequence[str], aplus: bool, price_listing: int, price_aplus: int) -> list[ImageSpec]:
-    specs = [
-        ImageSpec(image_id=kind, kind=kind, cost=price_listing, width=LISTING_SIZE[0], height=LISTING_SIZE[1])
-        for kind in dict.fromkeys(images)
-    ]
-    if aplus:
-        specs += [
-            ImageSpec(image_id=kind, kind=kind, cost=price_aplus, width=APLUS_SIZE[0], height=APLUS_SIZE[1])
-            for kind in APLUS_KINDS
-        ]
-    return specs
+def plan_pack(images: Sequence[str], aplus: Sequence[str], price_listing: int, price_aplus: int) -> list[ImageSpec]:
+    """The listing images asked for, then the A+ modules asked for (each priced on its own),
+    in the catalogue's order, each once."""
+    listing = [spec(kind, price_listing) for kind in dict.fromkeys(images)]
+    return listing + [spec(kind, price_aplus) for kind in APLUS_KINDS if kind in aplus]
+
+
+def spec(kind: str, cost: int) -> ImageSpec:
+    width, height = APLUS_SIZE if kind in APLUS_KINDS else LISTING_SIZE
+    return ImageSpec(image_id=kind, kind=kind, cost=cost, width=width, height=height)
 
 
 def pack_cost(specs: Sequence[ImageSpec]) -> int:

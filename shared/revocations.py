@@ -69,7 +69,7 @@ class Revocations(FeedReader):
             try:
                 ev = self._decode(m.value)
             except InvalidMessage as exc:
-                log.warning("skipping revocation %s@%s: %s", m.partition, m.offset, exc)
+                self.poisoned(m, exc)
                 continue
             self.apply(ev)
         self.records += len(records)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import secrets
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -48,6 +49,14 @@ class CommonSettings(BaseSettings):
     image_store: str = ""
     s3_endpoint_url: str | None = None  # an S3-compatible service (MinIO, s3proxy, ...); unset: AWS
     aws_region: str | None = None  # unset: boto3's default (AWS_DEFAULT_REGION, the profile)
+    # The workers' /healthz and /metrics listen here (0.0.0.0 for a Prometheus in another container).
+    metrics_host: str = "127.0.0.1"
+    metrics_every_s: float = Field(default=10.0, gt=0)  # how often the workers read consumer lag and topic depths
+    # Host names and CIDRs webhooks may target although private, loopback or link-local
+    # (the api checks at registration, the deliverer before every attempt).
+    webhook_allowed_hosts: str = ""
+    log_format: Literal["json", "text"] = "text"  # LOG_FORMAT: json for one JSON object per line
+    dlq_max_replays: int = Field(default=3, ge=1)  # DLQ_MAX_REPLAYS: replays of an image before its dead letter is parked
 
     @model_validator(mode="after")
     def _image_store(self) -> CommonSettings:

@@ -33,14 +33,22 @@ from shared.events import (
     NamedKeyRevoked,
     NamedKeyUsed,
     PackAccepted,
+    PackCancel,
+    PackCancelled,
+    PackCommandResult,
+    PackRegenerate,
     PackRequested,
     PackStatus,
+    WebhookAttempted,
+    WebhookDelivery,
+    WebhookEndpointDeleted,
+    WebhookEndpointRegistered,
 )
 
 E = TypeVar("E", bound=Event)
 Key = Literal[
     "user_id", "pack_id", "operator", "original key", "user_id or key_id", "key_id or key_id/used",
-    "user_id/idempotency_key", "instance_id",
+    "user_id/idempotency_key", "instance_id", "endpoint_id",
 ]
 
 # Fixed backoff tiers in seconds; a job waits in the smallest tier that covers its delay.
@@ -59,7 +67,7 @@ class TopicSpec(Generic[E]):
     partitions: int | None = None  # None: the deployment's TOPIC_PARTITIONS
 
 
-ImageResult = ImageCompleted | ImageFailed | ImageReplayed
+ImageResult = ImageCompleted | ImageFailed | ImageReplayed | PackCancel | PackRegenerate
 PackFeed = PackStatus | ImageStatus
 CreditsCommand = AccountCreate | CreditsGrant | BalanceQuery
 CreditsReply = CreditsChanged | CreditsBalance
@@ -73,8 +81,21 @@ PACKS_STATUS = TopicSpec[PackFeed](
     "packs.status", (PackStatus, ImageStatus), "pack_id", "every status change of a pack and its images, in order per pack",
 )
 IMAGES_JOBS = TopicSpec[ImageJob]("images.jobs", (ImageJob,), "pack_id", "one message per image to make")
+# Everything that changes a pack after it was accepted, in one log per pack: image outcomes,
+# replays, and the owner's cancels and regenerations, so that their order is the log's.
 IMAGES_RESULTS = TopicSpec[ImageResult](
-    "images.results", (ImageCompleted, ImageFailed, ImageReplayed), "pack_id", "image outcomes, for the ledger",
+    "images.results", (ImageCompleted, ImageFailed, ImageReplayed, PackCancel, PackRegenerate), "pack_id",
+    "image outcomes, replays, cancels and regenerations, for the ledger",
+)
+# Credits' answers to cancels and regenerations; read by every api instance from its end.
+PACKS_REPLIES = TopicSpec[PackCommandResult](
+    "packs.replies", (PackCommandResult,), "pack_id", "credits' answers to cancels and regenerations, for the api",
+    {"retention.ms": str(3600 * 1000)},
+)
+# Cancelled packs, read by every generation process (from the start: a day is kept).
+PACKS_CANCELLED = TopicSpec[PackCancelled](
+    "packs.cancelled", (PackCancelled,), "pack_id", "cancelled packs: generation stops their work",
+    {"retention.ms": str(24 * 3600 * 1000)},
 )
 IMAGES_DLQ = TopicSpec[ImageJob]("images.dlq", (ImageJob,), "pack_id", "image jobs that failed for good; replayable", KEEP_FOREVER)
 CREDITS_COMMANDS = TopicSpec[CreditsCommand](
@@ -122,9 +143,36 @@ RETRY_TIERS: tuple[TopicSpec[ImageJob], ...] = tuple(
     for s in RETRY_TIERS_S
 )
 
+# Webhooks (docs/webhooks.md). The endpoints: compacted, the newest record per endpoint id
+# (registered, or deleted for good). Deliveries wait in their own retry tiers, like image jobs.
+WebhookEndpointRecord = WebhookEndpointRegistered | WebhookEndpointDeleted
+WEBHOOKS_ENDPOINTS = TopicSpec[WebhookEndpointRecord](
+    "webhooks.endpoints", (WebhookEndpointRegistered, WebhookEndpointDeleted), "endpoint_id",
+    "the users' webhook endpoints: registered, or deleted", {"cleanup.policy": "compact"},
+)
+WEBHOOKS_DELIVERIES = TopicSpec[WebhookDelivery](
+    "webhooks.deliveries", (WebhookDelivery,), "endpoint_id", "one message per delivery to one endpoint",
+)
+WEBHOOKS_DLQ = TopicSpec[WebhookDelivery](
+    "webhooks.dlq", (WebhookDelivery,), "endpoint_id", "deliveries that failed every attempt; replayable", KEEP_FOREVER,
+)
+# What each attempt got: read by the api for /v1/webhooks/{id}/deliveries (the last 100 per endpoint).
+WEBHOOKS_ATTEMPTS = TopicSpec[WebhookAttempted](
+    "webhooks.attempts", (WebhookAttempted,), "endpoint_id", "the outcome of every webhook delivery attempt",
+    {"retention.ms": str(7 * 24 * 3600 * 1000)},
+)
+WEBHOOK_RETRY_TIERS: tuple[TopicSpec[WebhookDelivery], ...] = tuple(
+    TopicSpec[WebhookDelivery](
+        f"webhooks.retry.{s}s", (WebhookDelivery,), "endpoint_id", f"webhook deliveries waiting {s} s before their next attempt",
+    )
+    for s in RETRY_TIERS_S
+)
+
 REGISTRY: tuple[TopicSpec[Any], ...] = (
-    PACKS_REQUESTED, PACKS_ACCEPTED, PACKS_STATUS, IMAGES_JOBS, IMAGES_RESULTS, IMAGES_DLQ, CREDITS_COMMANDS,
+    PACKS_REQUESTED, PACKS_ACCEPTED, PACKS_STATUS, IMAGES_JOBS, IMAGES_RESULTS, PACKS_REPLIES, PACKS_CANCELLED, IMAGES_DLQ,
+    CREDITS_COMMANDS,
     CREDITS_EVENTS, INVALID_DLQ, OPS_AUDIT, AUTH_REVOCATIONS, AUTH_KEYS, API_IDEMPOTENCY, API_INSTANCES, *RETRY_TIERS,
+    WEBHOOKS_ENDPOINTS, WEBHOOKS_DELIVERIES, WEBHOOKS_DLQ, WEBHOOKS_ATTEMPTS, *WEBHOOK_RETRY_TIERS,
 )
 
 
@@ -159,6 +207,14 @@ class Topics:
     @property
     def packs_status(self) -> str:
         return self.name(PACKS_STATUS)
+
+    @property
+    def packs_replies(self) -> str:
+        return self.name(PACKS_REPLIES)
+
+    @property
+    def packs_cancelled(self) -> str:
+        return self.name(PACKS_CANCELLED)
 
     @property
     def images_jobs(self) -> str:
@@ -203,3 +259,26 @@ class Topics:
     @property
     def api_instances(self) -> str:
         return self.name(API_INSTANCES)
+
+    @property
+    def webhooks_endpoints(self) -> str:
+        return self.name(WEBHOOKS_ENDPOINTS)
+
+    @property
+    def webhooks_deliveries(self) -> str:
+        return self.name(WEBHOOKS_DELIVERIES)
+
+    @property
+    def webhooks_dlq(self) -> str:
+        return self.name(WEBHOOKS_DLQ)
+
+    @property
+    def webhooks_attempts(self) -> str:
+        return self.name(WEBHOOKS_ATTEMPTS)
+
+    def webhook_retry(self, tier_s: int) -> str:
+        return self.name(WEBHOOK_RETRY_TIERS[RETRY_TIERS_S.index(tier_s)])
+
+    @property
+    def webhook_retry_topics(self) -> list[str]:
+        return [self.name(spec) for spec in WEBHOOK_RETRY_TIERS]

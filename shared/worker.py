@@ -20,6 +20,7 @@ from typing import Any, Generic, TypeVar
 from fastapi import FastAPI
 from prometheus_client import Counter
 
+from shared import tracing
 from shared.consumer import Record
 from shared.errors import BrokerUnavailable, InvalidMessage
 from shared.events import Event, decode
@@ -118,7 +119,8 @@ async def handle(
     while True:
         attempt += 1
         try:
-            await handler(typed, msg)
+            with tracing.consumed(msg):
+                await handler(typed, msg)
             MESSAGES.labels(msg.topic, "ok").inc()
             return
         except asyncio.CancelledError:
@@ -144,7 +146,7 @@ async def _dead_letter(publisher: Publisher, settings: CommonSettings, msg: Reco
     MESSAGES.labels(msg.topic, "invalid").inc()
     dead = invalid_message(
         settings.topics, topic=msg.topic, partition=msg.partition, offset=msg.offset,
-        key=msg.key, value=msg.value, reason=reason, error_type=error_type,
+        key=msg.key, value=msg.value, reason=reason, error_type=error_type, headers=list(msg.headers or ()),
     )
     attempt = 0
     while True:  # the dead letter must land before the offset moves on

@@ -20,7 +20,7 @@ from aiokafka.structs import RecordMetadata
 
 from services.cli import kafka_io, sse
 from services.cli.stack import SERVICES, Stack
-from shared.auth import make_api_key
+from shared.auth import make_api_key, make_named_key, new_key_id
 from shared.devbroker import free_port
 from shared.events import AccountCreate, BalanceQuery, CreditsBalance, ImageStatus, decode
 from shared.kafka import KafkaConfig, Outgoing
@@ -28,6 +28,7 @@ from shared.settings import CommonSettings
 from shared.topics import Topics
 
 FAST_BACKEND = {"LOCAL_IMAGE_LATENCY_MS": "200", "RETRY_BASE_DELAY_S": "0.5", "RETRY_MAX_DELAY_S": "2"}
+OPERATOR = "ops-test"  # the user id of every stack's operator key
 CALL_LOG = "provider-calls.jsonl"  # in the stack's tmp dir: LOCAL_IMAGE_CALL_LOG of every stack
 
 
@@ -67,6 +68,8 @@ class RunningStack:
             "VAR_DIR": str(tmp), "TOPIC_PARTITIONS": "3", **ports, "LOCAL_IMAGE_CALL_LOG": str(tmp / CALL_LOG),
             "API_PUBLIC_URL": f"http://127.0.0.1:{ports['API_PORT']}",
             "NOTIFIER_PUBLIC_URL": f"http://127.0.0.1:{ports['NOTIFIER_PORT']}",
+            # The CLI's operator (`packline dlq replay`): a key with the ops scope.
+            "PACKLINE_OPERATOR_KEY": make_named_key(secret, OPERATOR, new_key_id(), ["ops"]),
             **FAST_BACKEND, **overrides,
         }
         stack = Stack(env, tmp / "logs", services, ports={name: free_port() for name in services if "-" in name})

@@ -10,7 +10,7 @@ from fastapi import FastAPI, Request, Response
 from fastapi.responses import JSONResponse
 from starlette.middleware.cors import CORSMiddleware
 
-from services.api import keys
+from services.api import asyncapi, changes, keys, reads, webhooks
 from services.api.coordination import ApiInstances, IdempotencyFeed
 from services.api.limits import RateLimiter
 from services.api.routes import router
@@ -19,7 +19,10 @@ from shared.http import KeyCheck, health_router
 from shared.images import open_image_store
 from shared.kafka import Publisher
 from shared.keys import KeyRegistry, KeyUsage
+from shared.metrics import ObserveHttp
+from shared.poison import DeadLetters
 from shared.revocations import Revocations
+from shared.webhook_endpoints import WebhookEndpoints
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -31,6 +34,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     idempotency = IdempotencyFeed(settings.kafka, settings.topics.api_idempotency, publisher, settings.api_kafka_timeout_s)
     instances = ApiInstances(settings.kafka, settings.topics.api_instances, publisher, settings.api_heartbeat_s,
                              settings.api_instance_ttl_s)
+    endpoints = WebhookEndpoints(settings.kafka, settings.topics.webhooks_endpoints, "packline-api-webhook-endpoints")
+    attempts = webhooks.AttemptLog(settings.kafka, settings.topics.webhooks_attempts)
+    replies = changes.PackReplies(settings.kafka, settings.topics.packs_replies)
+    dead_letters = DeadLetters(publisher, settings.topics)
+    for feed in (revocations, registry, idempotency, instances):
+        feed.dead_letters = dead_letters
+    endpoints.dead_letters = attempts.dead_letters = replies.dead_letters = dead_letters
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
@@ -41,18 +51,25 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         await idempotency.start()
         await publisher.start()
         await instances.start()
+        await endpoints.start()
+        await attempts.start()
+        await replies.start()
         try:
             yield
         finally:
+            await replies.stop()
+            await attempts.stop()
+            await endpoints.stop()
             await instances.stop()
             await idempotency.stop()
             await usage.drain()
+            await dead_letters.drain()
             await registry.stop()
             await revocations.stop()
             await publisher.stop()
 
     def readiness() -> dict[str, Any]:
-        ready = all(feed.ready.is_set() for feed in (revocations, registry, idempotency, instances))
+        ready = all(feed.ready.is_set() for feed in (revocations, registry, idempotency, instances, endpoints, attempts, replies))
         return {"status": "ok" if ready else "starting", "revocations": revocations.records,
                 "instances": instances.live(), "idempotency_keys": len(idempotency.index.first)}
 
@@ -66,6 +83,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.idempotency = idempotency
     app.state.instances = instances
     app.state.images = open_image_store(settings)
+    app.state.webhook_endpoints, app.state.webhook_attempts = endpoints, attempts
+    app.state.replies = replies
     app.add_middleware(CORSMiddleware, allow_origins=[settings.notifier_public_url.rstrip("/")], allow_headers=["*"], allow_methods=["*"])
 
     @app.middleware("http")
@@ -77,5 +96,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     app.include_router(health_router("api", readiness))
     app.include_router(router)
+    app.include_router(changes.router)
     app.include_router(keys.router)
+    app.include_router(asyncapi.router)
+    app.include_router(webhooks.router)
+    app.include_router(reads.router)
+    app.add_middleware(ObserveHttp, service="api")  # outermost: spans and durations cover everything above
     return app

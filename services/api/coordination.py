@@ -49,7 +49,7 @@ class IdempotencyFeed(FeedReader):
             try:
                 ev = self._decode(m.value)
             except InvalidMessage as exc:
-                log.warning("skipping idempotency record %s@%s: %s", m.partition, m.offset, exc)
+                self.poisoned(m, exc)
                 continue
             assert m.value is not None
             self.index.apply(ev, m.value)
@@ -136,7 +136,7 @@ class ApiInstances(FeedReader):
             try:
                 self.apply(self._decode(m.value))
             except InvalidMessage as exc:
-                log.warning("skipping api instance record %s@%s: %s", m.partition, m.offset, exc)
+                self.poisoned(m, exc)
 
     def apply(self, ev: ApiInstanceSeen) -> None:
         if ev.leaving:

@@ -40,6 +40,9 @@ def _caught_up(request: Request, name: str, kind: type[F], what: str) -> F:
     return follower
 
 
+caught_up = _caught_up  # for the routers of other modules (services/api/webhooks.py)
+
+
 def get_limiter(request: Request) -> RateLimiter:
     return from_state(request, "limiter", RateLimiter)
 

@@ -9,7 +9,7 @@ from typing import Annotated, NamedTuple
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from shared.events import LISTING_KINDS, ImageKind, PackRequested, PackStatus, Product, stable_id
+from shared.events import APLUS_KINDS, LISTING_KINDS, AplusKind, ImageKind, PackRequested, PackStatus, Product, stable_id
 from shared.pricing import draft, pack_cost, plan_pack
 
 
@@ -18,7 +18,8 @@ class PackRequestBody(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
     product: Product
     images: Annotated[list[ImageKind], Field(min_length=1, max_length=6)] | None = None
-    aplus: bool = False
+    # The A+ modules to add, each priced on its own; `true` means all four, `false` none.
+    aplus: bool | Annotated[list[AplusKind], Field(max_length=4)] = False
 
     @field_validator("images")
     @classmethod
@@ -26,6 +27,18 @@ class PackRequestBody(BaseModel):
         if images is not None and len(set(images)) != len(images):
             raise ValueError("image kinds must not repeat")
         return images
+
+    @field_validator("aplus")
+    @classmethod
+    def _unique_modules(cls, aplus: bool | list[str]) -> bool | list[str]:
+        if isinstance(aplus, list) and len(set(aplus)) != len(aplus):
+            raise ValueError("A+ modules must not repeat")
+        return aplus
+
+    def aplus_modules(self) -> list[AplusKind]:
+        if isinstance(self.aplus, bool):
+            return list(APLUS_KINDS) if self.aplus else []
+        return self.aplus
 
 
 class PackAccepted202(BaseModel):
@@ -64,7 +77,7 @@ def build_request(
     digest = request_hash(body)
     event = PackRequested(
         pack_id=pack_id_for(user_id, idempotency_key), user_id=user_id, product=body.product,
-        images=images, aplus=body.aplus, idempotency_key=idempotency_key, request_hash=digest, source="api",
+        images=images, aplus=body.aplus_modules(), idempotency_key=idempotency_key, request_hash=digest, source="api",
     )
-    specs = plan_pack(images, body.aplus, price_listing, price_aplus)
+    specs = plan_pack(images, event.aplus, price_listing, price_aplus)
     return Request(event, pack_cost(specs), digest, draft(event, specs))

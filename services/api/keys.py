@@ -21,7 +21,7 @@ router = APIRouter(prefix="/v1/keys")
 class KeyRequest(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
     name: KeyName
-    scopes: Annotated[list[Scope], Field(min_length=1, max_length=4)]
+    scopes: Annotated[list[Scope], Field(min_length=1, max_length=5)]
 
     @field_validator("scopes")
     @classmethod

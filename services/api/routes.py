@@ -6,11 +6,11 @@ import math
 from pathlib import Path
 from typing import Annotated
 
-from fastapi import APIRouter, Header, HTTPException
+from fastapi import APIRouter, Header, HTTPException, Response
 from fastapi.responses import HTMLResponse, StreamingResponse
 from prometheus_client import Counter, Histogram
 
-from services.api import handlers
+from services.api import handlers, reads
 from services.api.deps import (
     IdempotencyDep,
     ImagesDep,
@@ -26,6 +26,7 @@ from shared.auth import make_stream_token
 from shared.errors import BrokerUnavailable
 from shared.events import IdempotencyClaimed
 from shared.kafka import Outgoing
+from shared.logs import lifecycle
 from shared.topics import PACKS_REQUESTED, PACKS_STATUS
 
 router = APIRouter()
@@ -76,6 +77,7 @@ async def create_pack(
         PACKS.labels("unavailable").inc()
         raise unavailable from exc
     PACKS.labels("accepted").inc()
+    lifecycle("accepted", pack_id=event.pack_id, user_id=user_id, event_id=event.event_id)
     pack_id = str(event.pack_id)
     base = settings.notifier_public_url.rstrip("/")
     return handlers.PackAccepted202(
@@ -91,13 +93,17 @@ def conflict() -> HTTPException:
 
 
 @router.get("/v1/images/{pack_id}/{image_id}", response_class=StreamingResponse,
-            responses={200: {"content": {"image/png": {}}}, 404: {"description": "no such image (or another user's)"}})
-async def get_image(pack_id: str, image_id: str, user_id: ReaderDep, images: ImagesDep) -> StreamingResponse:
-    """The image's bytes from the image store (a directory or S3), streamed as they are read."""
+            responses={200: {"content": {"image/png": {}}}, 304: {"description": "If-None-Match names its ETag"},
+                       404: {"description": "no such image (or another user's)"}})
+async def get_image(
+    pack_id: str, image_id: str, user_id: ReaderDep, images: ImagesDep, if_none_match: reads.IfNoneMatch = None,
+) -> Response:
+    """The image's bytes from the image store (a directory or S3), streamed as they are
+    read, with a strong ETag; 304 when If-None-Match names it."""
     image = await images.open_owned(pack_id, image_id, user_id)
     if image is None:
         raise HTTPException(404, "no such image")
-    return StreamingResponse(image.chunks, media_type=image.content_type, headers={"Content-Length": str(image.length)})
+    return reads.image_response(image, if_none_match)
 
 
 @router.get("/", response_class=HTMLResponse, include_in_schema=False)

@@ -34,7 +34,7 @@ def accounts_revoke_key(name: str, operator: keys.Operator = "") -> None:
     s = CommonSettings()
     _, revocations = asyncio.run(keys.load(s))
     current = keys.generation_of(revocations, name)
-    event = KeyRevoked(user_id=name, below_generation=current + 1, by=keys.operator_name(operator))
+    event = KeyRevoked(user_id=name, below_generation=current + 1, by=keys.operator_name(operator, s))
     asyncio.run(keys.send(s, keys.revoke_all_messages(s, event)))
     typer.echo(f"revoked keys of {name} below generation {current + 1}")
     typer.echo(make_api_key(s.packline_secret, name, current + 1))

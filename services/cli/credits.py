@@ -1,13 +1,16 @@
-"""`packline credits`: grant credits, read a balance (both through the credits service)."""
+"""`packline credits`: grant credits, read a balance (both through the credits service), and
+a user's statement (from the notifier, services/cli/reads.py)."""
 
 from __future__ import annotations
 
 import typer
 
+from services.cli import reads
 from services.cli.common import credits_command
 from shared.events import BalanceQuery, CreditsBalance, CreditsGrant
 
 app = typer.Typer(no_args_is_help=True, help="credit balances")
+app.command("statement")(reads.statement)
 
 
 @app.command("grant")

@@ -6,12 +6,13 @@ from __future__ import annotations
 import asyncio
 import getpass
 import json
+import os
 from datetime import datetime
 from typing import Annotated, cast
 
 import typer
 
-from services.cli import kafka_io
+from services.cli import kafka_io, operator
 from shared.auth import SCOPES, Scope, make_named_key, new_key_id
 from shared.events import KeyRevoked, NamedKeyCreated
 from shared.kafka import Outgoing
@@ -21,7 +22,7 @@ from shared.settings import CommonSettings
 from shared.topics import AUTH_KEYS, AUTH_REVOCATIONS
 
 app = typer.Typer(no_args_is_help=True, help="named API keys with scopes (several per user)")
-Operator = Annotated[str, typer.Option("--operator", help="recorded on ops.audit (default: the login name)")]
+Operator = Annotated[str, typer.Option("--operator", help="recorded on ops.audit without an operator key (default: the login name)")]
 
 
 async def load(s: CommonSettings) -> tuple[Registry, Revocations]:
@@ -33,8 +34,12 @@ async def load(s: CommonSettings) -> tuple[Registry, Revocations]:
     return registry_of(records), revocations
 
 
-def operator_name(given: str) -> str:
-    """--operator, else the login name (a container may have none)."""
+def operator_name(given: str, s: CommonSettings) -> str:
+    """The holder of the operator key (PACKLINE_OPERATOR_KEY, verified) when one is set.
+    Without it, --operator, else the login name: whoever holds the secret can act, as
+    when the first operator key is made."""
+    if os.environ.get(operator.KEY_ENV):
+        return operator.verify(s, None).name
     if given:
         return given
     try:
@@ -89,7 +94,7 @@ def keys_create(
     scopes = _scopes(scope)
     _, revocations = asyncio.run(load(s))
     event = NamedKeyCreated(user_id=user, key_id=new_key_id(), name=name, scopes=scopes,
-                            generation=generation_of(revocations, user), by=operator_name(operator))
+                            generation=generation_of(revocations, user), by=operator_name(operator, s))
     asyncio.run(send(s, created_messages(s.topics, event)))
     typer.echo(f"key {event.key_id} {event.name!r} of {user}: {', '.join(scopes)}")
     typer.echo(make_named_key(s.packline_secret, user, event.key_id, scopes, event.generation))
@@ -108,7 +113,7 @@ def keys_revoke(key_id: str, operator: Operator = "") -> None:
     if not revocations.allows(entry.user_id, entry.generation, entry.key_id):
         typer.echo(f"key {key_id} of {entry.user_id} is already revoked")
         return
-    asyncio.run(send(s, revoked_messages(s.topics, revoked_event(entry, by=operator_name(operator)))))
+    asyncio.run(send(s, revoked_messages(s.topics, revoked_event(entry, by=operator_name(operator, s)))))
     typer.echo(f"revoked key {key_id} {entry.name!r} of {entry.user_id}")
 
 

@@ -13,11 +13,11 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
 from services.cli import sse
 from shared.auth import make_api_key
-from shared.events import LISTING_KINDS
+from shared.events import APLUS_KINDS, LISTING_KINDS
 from shared.settings import CommonSettings
 
 console = Console(stderr=True)
-EXIT_CODES = {"COMPLETED": 0, "PARTIAL": 2, "FAILED": 1, "REJECTED": 1}
+EXIT_CODES = {"COMPLETED": 0, "PARTIAL": 2, "FAILED": 1, "REJECTED": 1, "CANCELLED": 3}
 
 
 def _api_key(api_key: str | None, user: str | None) -> str:
@@ -44,7 +44,8 @@ def submit(
     feature: Annotated[list[str] | None, typer.Option("--feature")] = None,
     style: str | None = None,
     images: Annotated[list[str] | None, typer.Option("--images", help=f"kinds: {', '.join(LISTING_KINDS)}")] = None,
-    aplus: bool = False,
+    aplus: Annotated[bool, typer.Option(help="all four A+ modules")] = False,
+    aplus_module: Annotated[list[str] | None, typer.Option("--aplus-module", help=f"one A+ module: {', '.join(APLUS_KINDS)}")] = None,
     wait: bool = False,
     idempotency_key: str | None = None,
     api_key: ApiKey = None,
@@ -55,7 +56,7 @@ def submit(
     key = _api_key(api_key, user)
     body: dict[str, Any] = {
         "product": {"name": name, "description": description, "features": feature or [], "style": style},
-        "images": images or None, "aplus": aplus,
+        "images": images or None, "aplus": aplus_module or aplus,
     }
     headers = _bearer(key)
     if idempotency_key:
@@ -79,6 +80,35 @@ def watch(pack_id: str, api_key: ApiKey = None, user: User = None) -> None:
     raise typer.Exit(asyncio.run(_watch(url, _bearer(_api_key(api_key, user)))))
 
 
+def cancel(pack_id: str, api_key: ApiKey = None, user: User = None) -> None:
+    """Stop a pack: what is not delivered yet is never made, and refunded."""
+    _change(pack_id, "cancel", None, _api_key(api_key, user))
+
+
+def regenerate(
+    pack_id: str,
+    image: Annotated[list[str] | None, typer.Option("--image", help="a failed image to make again (default: all)")] = None,
+    wait: bool = False, api_key: ApiKey = None, user: User = None,
+) -> None:
+    """Make a PARTIAL or FAILED pack's failed images again; with --wait, follow the new run."""
+    key = _api_key(api_key, user)
+    accepted = _change(pack_id, "regenerate", {"images": image} if image else None, key)
+    if wait:
+        raise typer.Exit(asyncio.run(_watch(accepted["stream_url"], _bearer(key))))
+
+
+def _change(pack_id: str, action: str, body: dict[str, Any] | None, key: str) -> dict[str, Any]:
+    url = f"{CommonSettings().api_public_url.rstrip('/')}/v1/packs/{pack_id}/{action}"
+    response = httpx.post(url, json=body, headers=_bearer(key), timeout=30)
+    if response.status_code != 202:
+        console.print(f"[red]{response.status_code}[/red] {response.json().get('detail', response.text)}")
+        raise typer.Exit(1)
+    accepted: dict[str, Any] = response.json()
+    run = f" (run {accepted['run']})" if accepted.get("run") is not None else ""
+    console.print(f"pack {pack_id}: {accepted['status']}{run}")
+    return accepted
+
+
 async def _watch(url: str, headers: dict[str, str], from_start: bool = False) -> int:
     status, money = "DRAFT", ""
     images: dict[str, dict[str, Any]] = {}
@@ -97,7 +127,7 @@ async def _watch(url: str, headers: dict[str, str], from_start: bool = False) ->
                     images[data["image_id"]] = data
                     if data["status"] != before:
                         progress.console.print(_image_line(data))
-                done = sum(i["status"] in ("COMPLETED", "FAILED") for i in images.values())
+                done = sum(i["status"] in ("COMPLETED", "FAILED", "CANCELLED") for i in images.values())
                 progress.update(bar, description=f"{status} {money}", total=len(images) or None, completed=done)
         except httpx.HTTPStatusError as exc:
             console.print(f"[red]{exc}[/red]")

@@ -1,4 +1,5 @@
-"""`packline schemas`: the event JSON schemas, written from the event models."""
+"""`packline schemas`: the event JSON schemas and the AsyncAPI document of the topics,
+written from the event models and the topic registry."""
 
 from __future__ import annotations
 
@@ -7,17 +8,20 @@ from pathlib import Path
 
 import typer
 
+from shared import asyncapi
 from shared.events import REGISTRY, json_schema
 from shared.settings import ROOT
 
-app = typer.Typer(no_args_is_help=True, help="event JSON schemas")
+app = typer.Typer(no_args_is_help=True, help="event JSON schemas and the AsyncAPI document")
 
 
 @app.command("export")
 def schemas_export(out: Path = ROOT / "schemas") -> None:
-    """Write schemas/<type>.v<version>.json from the event models."""
+    """Write schemas/<type>.v<version>.json from the event models, and schemas/asyncapi.json
+    (every topic, its key, messages and headers) from the topic registry."""
     out.mkdir(parents=True, exist_ok=True)
     for model in REGISTRY.values():
         path = out / f"{model.TYPE}.v{model.VERSION}.json"
         path.write_text(json.dumps(json_schema(model), indent=2, sort_keys=True) + "\n")
-    typer.echo(f"wrote {len(REGISTRY)} schemas to {out}")
+    (out / asyncapi.FILE).write_text(asyncapi.render(asyncapi.document()))
+    typer.echo(f"wrote {len(REGISTRY)} schemas and {asyncapi.FILE} to {out}")

@@ -18,8 +18,10 @@ from services.credits import handlers
 from services.credits.intake import Batch, Intake
 from services.credits.ledger import Ledger
 from services.credits.settings import Settings
+from shared import tracing
 from shared.consumer import OrderedConsumer, Record
 from shared.kafka import Outgoing, Publisher
+from shared.metrics import KafkaGauges
 from shared.topics import CREDITS_COMMANDS, IMAGES_RESULTS, CreditsCommand, ImageResult
 from shared.worker import Route, dispatch, every, worker_app
 
@@ -38,7 +40,9 @@ def build(settings: Settings) -> FastAPI:
         consumer flushes them before it commits), so a partition's results do not queue up
         behind one round trip to Kafka each."""
         loop = asyncio.get_running_loop()
-        await via.enqueue(await loop.run_in_executor(executor, functools.partial(fn, *args)))
+        with tracing.span("ledger transaction", {"db.system.name": ledger.engine.dialect.name, "code.function.name": fn.__name__}):
+            messages = await loop.run_in_executor(executor, functools.partial(fn, *args))
+        await via.enqueue(messages)
 
     async def requested(batch: Batch) -> None:
         await run(handlers.on_packs_requested, batch, ledger, t, settings.price_listing, settings.price_aplus,
@@ -64,19 +68,25 @@ def build(settings: Settings) -> FastAPI:
         before_commit=publisher.flush,
     )
     redrive: asyncio.Task[None] | None = None
+    gauges = KafkaGauges(settings.kafka, {intake.group: [intake.topic], consumer.group: topics}, dead_letters=[t.invalid_dlq])
+    gauging: asyncio.Task[None] | None = None
 
     async def start() -> None:
-        nonlocal redrive
+        nonlocal redrive, gauging
         ledger.create_schema()
         await publisher.start()
         await intake_publisher.start()
         await consumer.start()
         await intake.start()
         redrive = every(settings.redrive_every_s, redrive_stalled, "redrive")
+        gauging = every(settings.metrics_every_s, gauges.report, "consumer lag")
 
     async def stop() -> None:
         if redrive is not None:
             redrive.cancel()
+        if gauging is not None:
+            gauging.cancel()
+        await gauges.stop()
         await intake.stop()
         await consumer.stop()
         await intake_publisher.stop()

@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from dataclasses import replace
 from uuid import UUID
 
+from services.credits import changes
 from services.credits.ledger import Ledger, PackOrder, PackView
 from shared.errors import InvalidMessage, UnknownAccount
 from shared.events import (
@@ -23,14 +24,20 @@ from shared.events import (
     ImageFailed,
     ImageReplayed,
     ImageSpec,
+    ImageState,
     MoneyReason,
     PackAccepted,
+    PackCancel,
+    PackCancelled,
+    PackCommandResult,
+    PackRegenerate,
     PackRequested,
     PackState,
     PackStatus,
     stable_id,
 )
 from shared.kafka import Outgoing
+from shared.logs import lifecycle
 from shared.pricing import draft, plan_pack
 from shared.topics import CreditsCommand, ImageResult, Topics
 
@@ -88,9 +95,10 @@ def on_packs_requested(
 def _outcome(t: Topics, ev: PackRequested, specs: list[ImageSpec], accepted: PackAccepted, view: PackView) -> list[Outgoing]:
     pack_id = view.pack_id
     out = [Outgoing.of(t.packs_status, draft(ev, specs), pack_id)]
-    if view.status == PackState.REJECTED:
-        return out + [_status(t, view, PackState.REJECTED)]
+    if view.status in (PackState.REJECTED, PackState.CANCELLED):  # refused, or cancelled before it was read
+        return out + [_status(t, view, view.status)]
     out.append(_processing(t, view, specs))
+    lifecycle("debited", pack_id=pack_id, user_id=view.user_id, event_id=ev.event_id, amount=view.cost)
     # Emitted again on redelivery (same event id): the first attempt may have died before sending it.
     out.append(_money(t, replace(view, money_moved=-view.cost), "debited", f"debit:{pack_id}"))
     # PROCESSING is handed to the producer before pack.accepted, so image events normally
@@ -109,10 +117,15 @@ def _processing(t: Topics, view: PackView, specs: list[ImageSpec]) -> Outgoing:
 
 
 def on_image_result(ev: ImageResult, ledger: Ledger, t: Topics) -> list[Outgoing]:
+    if isinstance(ev, PackCancel):
+        return on_cancel(ev, ledger, t)
+    if isinstance(ev, PackRegenerate):
+        return on_regenerate(ev, ledger, t)
     if isinstance(ev, ImageReplayed):
         view = ledger.reopen_image(str(ev.pack_id), ev.image_id, ev.run)
         if view is None or view.status != PackState.PROCESSING:
             return []
+        lifecycle("replayed", pack_id=ev.pack_id, image_id=ev.image_id, user_id=ev.user_id, event_id=ev.event_id, run=ev.run)
         return [_status(t, view, PackState.PROCESSING, "reopened", ev.image_id, ev.run)]
     delivered = isinstance(ev, ImageCompleted)
     view = ledger.record_image(
@@ -120,8 +133,8 @@ def on_image_result(ev: ImageResult, ledger: Ledger, t: Topics) -> list[Outgoing
         url=ev.url if isinstance(ev, ImageCompleted) else None,
         error=ev.error if isinstance(ev, ImageFailed) else None,
     )
-    if view is None:
-        return []
+    if view is None or (view.status == PackState.CANCELLED and not view.created):
+        return []  # a cancelled pack takes no more outcomes
     # A redelivered result re-emits what its first handling emitted, under the same event
     # ids: that first handling may have committed the ledger and died before publishing.
     out: list[Outgoing] = []
@@ -130,12 +143,65 @@ def on_image_result(ev: ImageResult, ledger: Ledger, t: Topics) -> list[Outgoing
     entry = "recharge" if delivered else "refund"
     moved = view.money_moved if view.created else ledger.entry_amount(f"{entry}:{key}")
     if moved:
+        if not delivered:
+            lifecycle("refunded", pack_id=ev.pack_id, image_id=ev.image_id, user_id=ev.user_id, event_id=ev.event_id, amount=moved)
         out.append(_money(t, replace(view, money_moved=moved), reason, f"{reason}:{key}", ev.image_id))
         if view.status == PackState.PROCESSING:  # live refund figures before the pack settles
             out.append(_status(t, view, PackState.PROCESSING, "money", key))
     if view.status.terminal:
+        lifecycle("settled", pack_id=ev.pack_id, image_id=ev.image_id, user_id=ev.user_id, event_id=ev.event_id, status=view.status.value)
         out.append(_status(t, view, view.status, "settled", max(i.run for i in view.images)))
     return out
+
+
+def on_cancel(ev: PackCancel, ledger: Ledger, t: Topics) -> list[Outgoing]:
+    """Refunds of the images not delivered, CANCELLED, word to generation to stop, and the
+    answer to the api; all again, under the same ids, for a cancel read again."""
+    decision = changes.cancel(ledger, str(ev.pack_id), ev.user_id)
+    view = decision.view
+    if view is None:
+        return [_reply(t, ev, decision)]
+    out = _moved(t, view, decision.moved, "refunded")
+    delivered = [i.image_id for i in view.images if i.status == ImageState.COMPLETED]
+    stop = PackCancelled(event_id=stable_id(view.pack_id, "cancelled"), pack_id=ev.pack_id, user_id=ev.user_id,
+                         delivered=delivered)
+    return out + [
+        _status(t, view, PackState.CANCELLED),
+        Outgoing.of(t.packs_cancelled, stop, view.pack_id),
+        _reply(t, ev, decision),
+    ]
+
+
+def on_regenerate(ev: PackRegenerate, ledger: Ledger, t: Topics) -> list[Outgoing]:
+    """The new run's holds, PROCESSING, its images for generation, and the answer."""
+    decision = changes.regenerate(ledger, ev.event_id, str(ev.pack_id), ev.user_id, ev.images)
+    view, accepted = decision.view, decision.accepted
+    if view is None or accepted is None:
+        return [_reply(t, ev, decision)]
+    out = _moved(t, view, decision.moved, "recharged")
+    if decision.created or view.status == PackState.PROCESSING:  # not for a run long finished
+        out += [_status(t, view, PackState.PROCESSING, "run", accepted.run),
+                Outgoing.of(t.packs_accepted, accepted, view.pack_id)]
+    return out + [_reply(t, ev, decision)]
+
+
+def _moved(t: Topics, view: PackView, moved: list[changes.Moved], reason: MoneyReason) -> list[Outgoing]:
+    """One balance change per image, each with the balance right after it."""
+    balance = (view.balance or 0) - sum(m.amount for m in moved)
+    out = []
+    for m in moved:
+        balance += m.amount
+        at = replace(view, money_moved=m.amount, balance=balance)
+        out.append(_money(t, at, reason, f"{reason}:{view.pack_id}:{m.image_id}:{m.run}", m.image_id))
+    return out
+
+
+def _reply(t: Topics, ev: PackCancel | PackRegenerate, decision: changes.Decision) -> Outgoing:
+    reply = PackCommandResult(
+        event_id=stable_id("reply", ev.event_id), command_id=ev.event_id, pack_id=ev.pack_id, user_id=ev.user_id,
+        outcome=decision.outcome, message=decision.message, run=decision.run,
+    )
+    return Outgoing.of(t.packs_replies, reply, ev.pack_id)
 
 
 def redrive(ledger: Ledger, t: Topics, idle_s: float) -> list[Outgoing]:

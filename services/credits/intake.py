@@ -27,6 +27,7 @@ from aiokafka import TopicPartition
 from prometheus_client import Gauge
 
 from services.credits.settings import Settings
+from shared import tracing
 from shared.consumer import ConsumerLoop, Rebalance, Record, group_member
 from shared.events import PackRequested
 from shared.fairness import FairQueue, OffsetTracker
@@ -137,7 +138,8 @@ class Intake(ConsumerLoop):
                 continue
             try:
                 try:
-                    await self.handler([(w.request, w.refusal) for w in batch])
+                    with tracing.per_pack([(str(w.request.pack_id), w.record) for w in batch]):
+                        await self.handler([(w.request, w.refusal) for w in batch])
                 except asyncio.CancelledError:
                     raise
                 except Exception:

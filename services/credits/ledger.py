@@ -107,10 +107,10 @@ class Ledger:
             if s.get(Account, user_id) is None:
                 raise UnknownAccount(user_id)
             if s.scalar(select(LedgerEntry.id).where(LedgerEntry.entry_key == f"grant:{key}")):
-                return self._balance(s, user_id), False
+                return self.balance_in(s, user_id), False
             s.add(LedgerEntry(entry_key=f"grant:{key}", user_id=user_id, amount=amount, reason="granted"))
             s.execute(update(Account).where(Account.user_id == user_id).values(balance=Account.balance + amount))
-            return self._balance(s, user_id), True
+            return self.balance_in(s, user_id), True
 
     def balance(self, user_id: str) -> int | None:
         with self.sessions() as s:
@@ -134,7 +134,7 @@ class Ledger:
                 views = []
                 for order in orders:
                     if order.pack_id in known:
-                        views.append(self._view(s, known[order.pack_id], created=False))
+                        views.append(self.view_of(s, known[order.pack_id], created=False))
                     else:
                         pack, view = self._accept(s, order)
                         known[order.pack_id] = pack
@@ -148,7 +148,7 @@ class Ledger:
                 existing = s.get(Pack, orders[0].pack_id)
                 if existing is None:
                     raise
-                return [self._view(s, existing, created=False)]
+                return [self.view_of(s, existing, created=False)]
 
     def _accept(self, s: Session, order: PackOrder) -> tuple[Pack, PackView]:
         pack_id, user_id = order.pack_id, order.user_id
@@ -158,7 +158,7 @@ class Ledger:
         s.flush()  # the primary key is the idempotency guard: a duplicate fails here
         if order.refusal is not None or s.get(Account, user_id) is None:
             pack.status, pack.reason = PackState.REJECTED, order.refusal or f"unknown account {user_id!r}"
-            return pack, self._view(s, pack, created=True)
+            return pack, self.view_of(s, pack, created=True)
         # Conditional update: two credits instances can never overdraw the account.
         debited = cast(CursorResult[Any], s.execute(  # an UPDATE's result: it has a rowcount
             update(Account)
@@ -167,13 +167,13 @@ class Ledger:
         ))
         if not debited.rowcount:
             pack.status = PackState.REJECTED
-            pack.reason = f"insufficient credits: pack costs {cost}, balance {self._balance(s, user_id)}"
-            return pack, self._view(s, pack, created=True)
+            pack.reason = f"insufficient credits: pack costs {cost}, balance {self.balance_in(s, user_id)}"
+            return pack, self.view_of(s, pack, created=True)
         s.add(LedgerEntry(entry_key=f"debit:{pack_id}", user_id=user_id, pack_id=pack_id, amount=-cost, reason="debited"))
         for spec in order.specs:
             s.add(PackImage(pack_id=pack_id, image_id=spec.image_id, kind=spec.kind, cost=spec.cost, charged=True))
         s.flush()
-        return pack, self._view(s, pack, created=True, money_moved=-cost)
+        return pack, self.view_of(s, pack, created=True, money_moved=-cost)
 
     def record_image(
         self, pack_id: str, image_id: str, *, run: int, delivered: bool, attempts: int,
@@ -186,27 +186,29 @@ class Ledger:
             img = s.get(PackImage, (pack_id, image_id), with_for_update=True)
             if pack is None or img is None:
                 return None
+            if pack.status == PackState.CANCELLED:  # it came after the cancel in the pack's log: not delivered
+                return self.view_of(s, pack, created=False)
             repeated_failure = img.status == ImageState.FAILED and run == img.run and not delivered
             if run < img.run or img.status == ImageState.COMPLETED or repeated_failure:
-                return self._view(s, pack, created=False)
+                return self.view_of(s, pack, created=False)
             img.run, img.attempts = run, attempts
             pack.updated_at = now()
             moved = 0
             if delivered:
                 img.status, img.url, img.error = ImageState.COMPLETED, url, None
                 if not img.charged:
-                    moved = self._move(s, pack, img, -img.cost, "recharged", f"recharge:{pack_id}:{image_id}:{run}")
+                    moved = self.move(s, pack, img, -img.cost, "recharged", f"recharge:{pack_id}:{image_id}:{run}")
             else:
                 img.status, img.error = ImageState.FAILED, error
                 if img.charged:
-                    moved = self._move(s, pack, img, img.cost, "refunded", f"refund:{pack_id}:{image_id}:{run}")
+                    moved = self.move(s, pack, img, img.cost, "refunded", f"refund:{pack_id}:{image_id}:{run}")
             img.charged = delivered
             images = list(s.scalars(select(PackImage).where(PackImage.pack_id == pack_id)))
             if all(i.status.finished for i in images):
                 done = sum(i.status == ImageState.COMPLETED for i in images)
                 pack.status = PackState.COMPLETED if done == len(images) else PackState.PARTIAL if done else PackState.FAILED
             s.flush()
-            return self._view(s, pack, created=True, money_moved=moved)
+            return self.view_of(s, pack, created=True, money_moved=moved)
 
     def reopen_image(self, pack_id: str, image_id: str, run: int) -> PackView | None:
         """An operator replays a dead-lettered image: it is pending again under a new run."""
@@ -215,12 +217,12 @@ class Ledger:
             img = s.get(PackImage, (pack_id, image_id), with_for_update=True)
             if pack is None or img is None:
                 return None
-            if run <= img.run or img.status != ImageState.FAILED:
-                return self._view(s, pack, created=False)
+            if run <= img.run or img.status != ImageState.FAILED or pack.status == PackState.CANCELLED:
+                return self.view_of(s, pack, created=False)
             img.run, img.status, img.attempts, img.error = run, ImageState.PENDING, 0, None
             pack.status, pack.updated_at = PackState.PROCESSING, now()
             s.flush()
-            return self._view(s, pack, created=True)
+            return self.view_of(s, pack, created=True)
 
     def stalled(self, idle_s: float, limit: int = 100) -> list[str]:
         """pack.accepted of packs with images still pending and no result for `idle_s`;
@@ -239,23 +241,23 @@ class Ledger:
     def pack(self, pack_id: str) -> PackView | None:
         with self.sessions() as s:
             pack = s.get(Pack, pack_id)
-            return self._view(s, pack) if pack else None
+            return self.view_of(s, pack) if pack else None
 
     # --- helpers --------------------------------------------------------------------
-    def _move(self, s: Session, pack: Pack, img: PackImage, amount: int, reason: MoneyReason, key: str) -> int:
+    def move(self, s: Session, pack: Pack, img: PackImage, amount: int, reason: MoneyReason, key: str) -> int:
         s.add(LedgerEntry(entry_key=key, user_id=pack.user_id, pack_id=pack.pack_id, image_id=img.image_id, amount=amount, reason=reason))
         s.execute(update(Account).where(Account.user_id == pack.user_id).values(balance=Account.balance + amount))
         return amount
 
-    def _balance(self, s: Session, user_id: str) -> int:
+    def balance_in(self, s: Session, user_id: str) -> int:
         return int(s.scalar(select(Account.balance).where(Account.user_id == user_id)) or 0)
 
-    def _view(self, s: Session, pack: Pack, created: bool = False, money_moved: int = 0) -> PackView:
+    def view_of(self, s: Session, pack: Pack, created: bool = False, money_moved: int = 0) -> PackView:
         images = list(s.scalars(select(PackImage).where(PackImage.pack_id == pack.pack_id).order_by(PackImage.image_id)))
         charged = sum(i.cost for i in images if i.charged)
         return PackView(
             pack_id=pack.pack_id, user_id=pack.user_id, status=pack.status, cost=pack.cost, charged=charged,
-            reason=pack.reason, images=images, balance=self._balance(s, pack.user_id),
+            reason=pack.reason, images=images, balance=self.balance_in(s, pack.user_id),
             money_moved=money_moved, created=created,
         )
 

@@ -67,3 +67,13 @@ class PackImage(Base):
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     url: Mapped[str | None] = mapped_column(String(500))
     error: Mapped[str | None] = mapped_column(String(1000))
+
+
+class PackChange(Base):
+    """A regeneration, by the id of the command that asked for it (services/credits/changes.py)."""
+
+    __tablename__ = "pack_changes"
+    command_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    pack_id: Mapped[str] = mapped_column(String(36), index=True)
+    run: Mapped[int] = mapped_column(Integer)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=now)

@@ -7,10 +7,14 @@ claims on images in flight in claims.py.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+
 from fastapi import FastAPI
 
 from services.generation import handlers
 from services.generation.backends import make_backend
+from services.generation.cancels import CancelFeed
 from services.generation.consumer import JobScheduler
 from services.generation.jobs import JobRunner
 from services.generation.retry import RetryForwarder
@@ -20,8 +24,10 @@ from shared.consumer import OrderedConsumer, Record
 from shared.events import PackAccepted
 from shared.images import open_image_store
 from shared.kafka import Publisher
+from shared.metrics import KafkaGauges
+from shared.poison import DeadLetters
 from shared.topics import PACKS_ACCEPTED
-from shared.worker import Route, dispatch, worker_app
+from shared.worker import Route, dispatch, every, worker_app
 
 
 def build(settings: Settings) -> FastAPI:
@@ -36,6 +42,8 @@ def build(settings: Settings) -> FastAPI:
         prefetch=settings.generation_prefetch, shutdown_grace_s=settings.generation_shutdown_grace_s,
     )
     forwarder = RetryForwarder(settings.kafka, f"{settings.topic_prefix}packline-generation-retry", t, publisher)
+    cancels = CancelFeed(settings.kafka, t.packs_cancelled, runner)
+    cancels.dead_letters = DeadLetters(publisher, t)
 
     async def accepted(ev: PackAccepted, _record: Record) -> None:
         await publisher.enqueue(handlers.fan_out(ev, t))  # acked before the batch is committed
@@ -46,16 +54,31 @@ def build(settings: Settings) -> FastAPI:
         before_commit=publisher.flush,
     )
 
+    gauges = KafkaGauges(
+        settings.kafka, {packs.group: topics, scheduler.group: [scheduler.topic], forwarder.group: t.retry_topics},
+        dead_letters=[t.images_dlq, t.invalid_dlq], retry_group=forwarder.group,
+    )
+    gauging: asyncio.Task[None] | None = None
+
     async def start() -> None:
+        nonlocal gauging
         await publisher.start()
+        await cancels.start()
+        with contextlib.suppress(TimeoutError):  # jobs of packs cancelled while this process was away are not started
+            await asyncio.wait_for(cancels.ready.wait(), 30)
         await scheduler.start()
         await forwarder.start()
         await packs.start()
+        gauging = every(settings.metrics_every_s, gauges.report, "consumer lag")
 
     async def stop() -> None:
+        if gauging is not None:
+            gauging.cancel()
+        await gauges.stop()
         await packs.stop()
         await forwarder.stop()
         await scheduler.stop()
+        await cancels.stop()
         await publisher.stop()
 
     return worker_app("generation", start, stop)

@@ -39,6 +39,7 @@ class LocalBackend:
         self.failure_rate = settings.local_image_failure_rate
         self.fail_first = settings.local_image_fail_first
         self.permanent_kinds = settings.permanent_fail_kinds
+        self.latency_by_kind = settings.latency_by_kind_s
         self.placeholder = render_png("placeholder", 8, 8, "") if settings.local_image_render == "placeholder" else None
         self.rng = rng or random.Random()
         self.call_log = settings.local_image_call_log
@@ -68,7 +69,7 @@ class LocalBackend:
                 log_provider_call(self.call_log, job, start, outcome)
 
     async def _generate(self, job: ImageJob) -> bytes:
-        await asyncio.sleep(self.latency_s + self.rng.uniform(-self.jitter_s, self.jitter_s))
+        await asyncio.sleep(self.latency_by_kind.get(job.kind, self.latency_s) + self.rng.uniform(-self.jitter_s, self.jitter_s))
         if job.kind in self.permanent_kinds:
             raise PermanentImageError(f"the local backend refuses {job.kind!r} images (content policy)")
         if job.attempt <= self.fail_first or self.rng.random() < self.failure_rate:

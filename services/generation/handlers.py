@@ -26,6 +26,7 @@ from shared.events import (
     stable_id,
 )
 from shared.kafka import Headers, Outgoing, failure_headers, header
+from shared.logs import Step, lifecycle
 from shared.topics import RETRY_TIERS_S, Topics
 
 KIND_BRIEFS = {
@@ -74,11 +75,12 @@ def build_prompt(product: Product, kind: str) -> str:
 
 
 def fan_out(ev: PackAccepted, t: Topics) -> list[Outgoing]:
+    """One job per image of the run (all of a new pack's, or a regeneration's)."""
     return [
         Outgoing.of(t.images_jobs, ImageJob(
-            event_id=stable_id(ev.pack_id, spec.image_id, 0, "job", 1), pack_id=ev.pack_id, user_id=ev.user_id,
+            event_id=stable_id(ev.pack_id, spec.image_id, ev.run, "job", 1), pack_id=ev.pack_id, user_id=ev.user_id,
             image_id=spec.image_id, kind=spec.kind, prompt=build_prompt(ev.product, spec.kind),
-            width=spec.width, height=spec.height, cost=spec.cost,
+            width=spec.width, height=spec.height, cost=spec.cost, run=ev.run,
         ), ev.pack_id)
         for spec in ev.images
     ]
@@ -159,3 +161,19 @@ def failed(
         _image_status(t, job, ImageState.FAILED, error=reason),
         Outgoing.of(t.images_results, lost, job.pack_id),
     ]
+
+
+def log_step(step: Step, job: ImageJob, **more: Any) -> None:
+    lifecycle(step, pack_id=job.pack_id, image_id=job.image_id, user_id=job.user_id, event_id=job.event_id,
+              attempt=job.attempt, run=job.run, **more)
+
+
+def log_failure(job: ImageJob, outcome: list[Outgoing], t: Topics) -> None:
+    """`failed`, then where the job went: a retry tier or the dead letters (what `failed` decided)."""
+    error = header(next((m.headers for m in outcome if m.headers), None), "x-error")
+    log_step("failed", job, error=error or "")
+    for m in outcome:
+        if m.topic == t.images_dlq:
+            log_step("dead_lettered", job, topic=m.topic)
+        elif m.topic in t.retry_topics:
+            log_step("retried", job, topic=m.topic, due_at=header(m.headers, "x-due-at"))

@@ -12,15 +12,18 @@ import logging
 import os
 import random
 import socket
+import time
 import uuid
+from collections import OrderedDict
 from collections.abc import Iterable
 from typing import Any
 
-from prometheus_client import Counter, Histogram
+from prometheus_client import Counter
 
 from services.generation import handlers
 from services.generation.backends import ImageBackend
 from services.generation.claims import CLAIM_REFRESH_S, Claims
+from services.generation.observe import provider_call
 from services.generation.scheduling import ProviderLimiter
 from shared.errors import BrokerUnavailable
 from shared.events import ImageJob
@@ -30,7 +33,6 @@ from shared.topics import Topics
 
 log = logging.getLogger("packline.generation")
 IMAGES = Counter("packline_images_total", "image jobs by outcome", ["outcome"])
-BACKEND_SECONDS = Histogram("packline_backend_seconds", "image backend latency")
 
 
 class JobRunner:
@@ -52,6 +54,9 @@ class JobRunner:
         self._claiming: dict[tuple[str, str, int], asyncio.Task[None]] = {}
         # job -> future resolved with True when its run ended with its effects published
         self.in_flight: dict[tuple[str, str, int], asyncio.Future[bool]] = {}
+        self.calls: dict[tuple[str, str, int], asyncio.Task[bytes]] = {}  # provider calls in flight
+        self.cancelled = CancelledPacks()
+        self._discarding: set[asyncio.Task[None]] = set()
 
     async def run(self, job: ImageJob, source_topic: str, headers: Any, inherited: bool = False) -> None:
         """`inherited`: the job was read from a partition this process took over from another,
@@ -143,6 +148,9 @@ class JobRunner:
             # The process that had this job before a rebalance is still making the image.
             IMAGES.labels("waiting_for_claim").inc()
             await asyncio.sleep(1.0)
+        if pack_id in self.cancelled:
+            IMAGES.labels("cancelled").inc()  # never started: its pack was cancelled first
+            return
         self.making.add(_key(job))
         # Claimed while the provider works, off the critical path: a process cut off from the
         # group long enough to lose its partitions without being told in time (a broker
@@ -157,20 +165,34 @@ class JobRunner:
         # is sent, and one producer keeps the two in order in the pack's partition.
         status = handlers.generating(job, self.topics)
         generating = await self.publisher.enqueue([status], keep=False)
+        handlers.log_step("job_started", job)
+        call: asyncio.Task[bytes] | None = None
         try:
-            with BACKEND_SECONDS.time():
-                data = await self.backend.generate(job)
+            with provider_call(job):
+                call = self.calls[_key(job)] = asyncio.ensure_future(self.backend.generate(job))
+                try:
+                    data = await call
+                finally:
+                    del self.calls[_key(job)]
+            if pack_id in self.cancelled:
+                return  # made after its pack was cancelled: never delivered
             await self.store.save(pack_id, job.image_id, job.user_id, data, job.attempt)
         except asyncio.CancelledError:
+            task = asyncio.current_task()
+            if call is not None and call.cancelled() and task is not None and not task.cancelling():
+                IMAGES.labels("abandoned").inc()  # its pack was cancelled during the call
+                return
             raise
         except Exception as exc:
             IMAGES.labels(type(exc).__name__).inc()
             log.info("image %s/%s attempt %d failed: %r", pack_id, job.image_id, job.attempt, exc)
-            await self._report(generating, status, handlers.failed(
-                job, exc, self.policy, self.topics, source_topic, headers, self.rng))
+            outcome = handlers.failed(job, exc, self.policy, self.topics, source_topic, headers, self.rng)
+            handlers.log_failure(job, outcome, self.topics)
+            await self._report(generating, status, outcome)
             self.answered.add(_key(job))
             return
         IMAGES.labels("completed").inc()
+        handlers.log_step("finished", job, url=url)
         await self._report(generating, status, handlers.succeeded(job, url, self.topics))
 
     async def _report(self, generating: list[asyncio.Future[Any]], status: Outgoing, outcome: list[Outgoing]) -> None:
@@ -189,6 +211,47 @@ class JobRunner:
                 log.warning("outcome for %s not acknowledged (%r); sending it again", status.key.decode(), exc)
                 pending, messages = [], [status, *outcome]
                 await asyncio.sleep(min(0.5 * tries, 5.0))
+
+
+    def cancel_pack(self, pack_id: str, delivered: list[str], live: bool) -> None:
+        """The pack was cancelled: its jobs are not started any more and its provider calls
+        in flight are abandoned. `live` (not read back at start): an image made after the
+        cancel decided what was delivered is removed from the store."""
+        self.cancelled.add(pack_id)
+        for key, call in list(self.calls.items()):
+            if key[0] == pack_id:
+                call.cancel()
+        if live:
+            task = asyncio.create_task(self._discard(pack_id, set(delivered)))
+            self._discarding.add(task)
+            task.add_done_callback(self._discarding.discard)
+
+    async def _discard(self, pack_id: str, delivered: set[str]) -> None:
+        try:
+            for image_id in await self.store.delivered(pack_id):
+                if image_id not in delivered:
+                    await self.store.discard(pack_id, image_id)
+        except Exception as exc:  # the snapshot and the ledger never show it anyway
+            log.warning("could not remove the undelivered images of cancelled pack %s: %r", pack_id, exc)
+
+
+class CancelledPacks:
+    """The packs cancelled in the last `keep_s` (the cancel feed keeps a day): any job of
+    theirs still queued or on a retry tier is at most that old."""
+
+    def __init__(self, keep_s: float = 24 * 3600.0) -> None:
+        self.keep_s = keep_s
+        self._at: OrderedDict[str, float] = OrderedDict()
+
+    def add(self, pack_id: str) -> None:
+        now = time.monotonic()
+        self._at[pack_id] = now
+        self._at.move_to_end(pack_id)
+        while self._at and next(iter(self._at.values())) < now - self.keep_s:
+            self._at.popitem(last=False)
+
+    def __contains__(self, pack_id: object) -> bool:
+        return pack_id in self._at
 
 
 def _key(job: ImageJob) -> tuple[str, str, int]:

@@ -10,12 +10,15 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Sequence
 
 from aiokafka import TopicPartition
 
 from shared.consumer import ConsumerLoop, Rebalance, group_member
-from shared.kafka import KafkaConfig, Outgoing, Publisher, header
-from shared.topics import Topics
+from shared.errors import InvalidMessage
+from shared.events import decode
+from shared.kafka import KafkaConfig, Outgoing, Publisher, header, invalid_message
+from shared.topics import IMAGES_JOBS, Topics
 
 log = logging.getLogger("packline.retry")
 
@@ -48,21 +51,32 @@ class RetryForwarder(ConsumerLoop):
         wait_ms = min([500, *(max(0, d - now_ms) for d in self.waiting.values())])
         batches = await self.consumer.getmany(timeout_ms=max(wait_ms, 10))
         for tp, messages in batches.items():
-            forward: list[Outgoing] = []
+            out: list[Outgoing] = []
             last = None
             for m in messages:
-                due = int(header(m.headers, "x-due-at") or 0)
+                try:
+                    due = due_at(m.headers)
+                    decode(m.value, IMAGES_JOBS.events)
+                except InvalidMessage as exc:
+                    # A poison message leaves for invalid.dlq in its turn; the jobs around it move on.
+                    log.warning("dead-lettering %s[%s]@%s: %s", m.topic, m.partition, m.offset, exc)
+                    out.append(invalid_message(
+                        self.topics, topic=m.topic, partition=m.partition, offset=m.offset, key=m.key, value=m.value,
+                        reason=str(exc), headers=list(m.headers), bad_header=exc.header if isinstance(exc, BadHeader) else None,
+                    ))
+                    last = m.offset
+                    continue
                 if due > int(time.time() * 1000):
                     # Not due: park the partition at this message and look again at its due time.
                     self.consumer.pause(tp)
                     self.consumer.seek(tp, m.offset)
                     self.waiting[tp] = due
                     break
-                forward.append(Outgoing(self.topics.images_jobs, m.value or b"", m.key or b"", list(m.headers)))
+                out.append(Outgoing(self.topics.images_jobs, m.value or b"", m.key or b"", list(m.headers)))
                 last = m.offset
-            if forward and last is not None:
+            if out and last is not None:
                 try:
-                    await self.publisher.send(forward)
+                    await self.publisher.send(out)
                     await self.consumer.commit({tp: last + 1})
                 except Exception:
                     # Fetch these again next time rather than skip them.
@@ -70,3 +84,20 @@ class RetryForwarder(ConsumerLoop):
                     self.waiting.pop(tp, None)
                     self.consumer.resume(tp)
                     raise
+
+
+class BadHeader(InvalidMessage):
+    def __init__(self, message: str, header: str) -> None:
+        super().__init__(message)
+        self.header = header
+
+
+def due_at(headers: Sequence[tuple[str, bytes]] | None) -> int:
+    """`x-due-at` in epoch ms (absent: due now); BadHeader when it is not a whole number."""
+    raw = header(headers, "x-due-at")
+    if raw is None:
+        return 0
+    try:
+        return int(raw)
+    except ValueError:
+        raise BadHeader(f"malformed x-due-at header: {raw[:100]!r}", "x-due-at") from None

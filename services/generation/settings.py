@@ -19,6 +19,7 @@ class Settings(CommonSettings):
     # Test and chaos knobs of the local backend (docs/contract.md, "Configuration"):
     local_image_fail_first: int = Field(default=0, ge=0)  # transient failures before success, per image
     local_image_permanent_fail_kinds: str = ""  # comma-separated kinds that always fail permanently
+    local_image_latency_by_kind: str = ""  # `kind=ms,...`: these kinds take this long instead
     # "placeholder": an 8x8 PNG instead of rendering the full size, so a benchmark measures
     # the pipeline rather than this machine's PNG encoder.
     local_image_render: Literal["full", "placeholder"] = "full"
@@ -43,6 +44,11 @@ class Settings(CommonSettings):
         if self.image_backend == "openai" and not self.openai_api_key:
             raise ValueError("IMAGE_BACKEND=openai needs OPENAI_API_KEY")
         return self
+
+    @property
+    def latency_by_kind_s(self) -> dict[str, float]:
+        pairs = (item.split("=", 1) for item in self.local_image_latency_by_kind.split(",") if "=" in item)
+        return {kind.strip(): int(ms) / 1000 for kind, ms in pairs}
 
     @property
     def permanent_fail_kinds(self) -> frozenset[str]:

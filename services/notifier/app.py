@@ -10,14 +10,20 @@ from typing import Any
 from fastapi import FastAPI
 from starlette.middleware.cors import CORSMiddleware
 
+from services.notifier import reads
 from services.notifier.consumer import HistoryReader, StatusFeed
+from services.notifier.fresh import LogEnd
 from services.notifier.readmodel import ReadModel
 from services.notifier.routes import router
 from services.notifier.settings import Settings
 from services.notifier.state import Store
+from services.notifier.statement import StatementFeed, Statements
+from services.notifier.webhooks.app import Webhooks
 from shared.http import KeyCheck, health_router
 from shared.kafka import Publisher
 from shared.keys import KeyUsage
+from shared.metrics import ObserveHttp
+from shared.poison import DeadLetters
 from shared.revocations import Revocations
 
 
@@ -28,12 +34,18 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     history = HistoryReader(settings.kafka, settings.topics.packs_status, settings.notifier_history)
     store = Store(settings.notifier_history, model, settings.notifier_cache_packs, history)
     feed = StatusFeed(settings.kafka, settings.topics.packs_status, store, settings.notifier_flush_s)
+    book = Statements(settings.notifier_statement_db, settings.topics.credits_events)
+    statements = StatementFeed(settings.kafka, settings.topics.credits_events, book)
+    log_end = LogEnd(settings.kafka, settings.topics.packs_status)
     revocations = Revocations(settings.kafka, settings.topics.auth_revocations)
     revocations.listeners.append(store.wake_user)
     # Writes only reports of key use (last used, keys of a retiring secret), never in a request's
     # way; its producer starts with the first report.
     publisher = Publisher(settings.kafka, "packline-notifier")
     usage = KeyUsage(publisher, settings.topics, "notifier")
+    webhooks = Webhooks(settings, store)
+    revocations.dead_letters = feed.dead_letters = DeadLetters(publisher, settings.topics)
+    statements.dead_letters = feed.dead_letters
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
@@ -41,22 +53,30 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         # caught up), requests get 503 and /healthz says so.
         await revocations.start()
         await feed.start()
+        await webhooks.start()
+        await statements.start()
         try:
             yield
         finally:
+            await webhooks.stop()
             await usage.drain()
             await revocations.stop()
             await feed.stop()
+            await statements.stop()
+            await log_end.stop()
             await history.stop()
             model.close()
+            book.close()
             await publisher.stop()
 
     def readiness() -> dict[str, Any]:
-        ready = feed.ready.is_set() and revocations.ready.is_set()
-        return {"status": "ok" if ready else "starting", "packs": len(store.packs), "revocations": revocations.records}
+        ready = feed.ready.is_set() and revocations.ready.is_set() and statements.ready.is_set()
+        return {"status": "ok" if ready else "starting", "packs": len(store.packs), "revocations": revocations.records,
+                "statements": "ok" if statements.ready.is_set() else "starting"}
 
     app = FastAPI(title="packline notifier", version="1.0.0", lifespan=lifespan)
-    app.state.settings, app.state.feed = settings, feed
+    app.state.settings, app.state.feed, app.state.statements = settings, feed, statements
+    app.state.log_end = log_end
     app.state.keys = KeyCheck(settings.keyring, revocations, usage)
     app.add_middleware(
         CORSMiddleware, allow_origins=[settings.api_public_url.rstrip("/")], allow_headers=["*"],
@@ -64,4 +84,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.include_router(health_router("notifier", readiness))
     app.include_router(router)
+    app.include_router(reads.router)
+    app.add_middleware(ObserveHttp, service="notifier")  # outermost: spans and durations cover everything above
     return app

@@ -20,11 +20,13 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.errors import KafkaError
 from pydantic import ValidationError
 
+from services.notifier import observe
 from services.notifier.state import PackView, Store
 from shared.consumer import ConsumerLoop, read_from_start
 from shared.errors import InvalidMessage
 from shared.events import Decoder, ImageStatus, PackStatus
 from shared.kafka import KafkaConfig
+from shared.poison import DeadLetters
 from shared.topics import PACKS_STATUS, PackFeed
 
 log = logging.getLogger("packline.notifier")
@@ -61,6 +63,7 @@ class StatusFeed(ConsumerLoop):
     max_records = 5000
     flush_packs = 5_000  # write sooner when this many packs changed (catching up): bounds memory
     fetch_bytes = (1 << 20, 8 << 20)  # per partition, per fetch: enough to catch up, little to hold
+    dead_letters: DeadLetters | None = None  # where malformed records go (invalid.dlq)
 
     def __init__(self, kafka: KafkaConfig, topic: str, store: Store, flush_s: float = 0.5) -> None:
         self.kafka, self.topic, self.store, self.flush_s = kafka, topic, store, flush_s
@@ -147,10 +150,11 @@ class StatusFeed(ConsumerLoop):
                 try:
                     event: PackFeed = self._decode(m.value)
                 except InvalidMessage as exc:
-                    # The workers that consume this topic dead-letter it; here it is only skipped.
                     log.warning("skipping %s[%s]@%s: %s", m.topic, m.partition, m.offset, exc)
+                    if self.dead_letters is not None:
+                        self.dead_letters.add(m, str(exc))
                     continue
-                self.store.apply(event)
+                observe.apply(self.store, m, event, self.ready.is_set())
         await self._check_ready()
         await self._write_back()
 

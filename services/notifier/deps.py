@@ -17,6 +17,7 @@ from shared.auth import AuthError
 from shared.http import ApiKey, KeyCheck, Scoped, from_state, not_ready, unauthorized
 
 Token = Annotated[str | None, Query(max_length=2000, description="stream token from POST /v1/packs")]
+UserToken = Annotated[str | None, Query(alias="token", max_length=2000, description="user stream token from POST /v1/stream-tokens")]
 
 
 def get_settings(request: Request) -> Settings:
@@ -75,7 +76,25 @@ async def key_caller(key: ReadKey) -> Caller:
     return Caller(key.user_id, key.generation, key.key_id)
 
 
+async def stream_caller(request: Request, key: ReadKey, token: UserToken = None) -> Caller:
+    """A Bearer API key with packs:read, or a user stream token whose key is not revoked."""
+    if key is not None:
+        return Caller(key.user_id, key.generation, key.key_id)
+    if token:
+        check = from_state(request, "keys", KeyCheck)
+        if not check.revocations.ready.is_set():
+            raise not_ready()
+        try:
+            claims = check.keyring.verify_user_stream_token(token)
+        except AuthError as exc:
+            raise unauthorized(str(exc)) from exc
+        check.admit(claims.user_id, claims.generation, claims.key_id)
+        return Caller(claims.user_id, claims.generation, claims.key_id)
+    raise unauthorized("missing bearer API key or user stream token")
+
+
 PackCaller = Annotated[Caller, Depends(pack_caller)]
+StreamCaller = Annotated[Caller, Depends(stream_caller)]
 KeyCaller = Annotated[Caller, Depends(key_caller)]
 
 
@@ -90,11 +109,16 @@ def pack_allowed(request: Request, caller: PackCaller) -> streams.Allowed:
     return _allowed(request, caller)
 
 
-def user_allowed(request: Request, caller: KeyCaller) -> streams.Allowed:
+def user_allowed(request: Request, caller: StreamCaller) -> streams.Allowed:
     return _allowed(request, caller)
 
 
 def user_of_key(caller: KeyCaller) -> str:
+    return caller.user_id
+
+
+def user_of_stream(caller: StreamCaller) -> str:
+    """The user behind a Bearer API key, or behind a user stream token."""
     return caller.user_id
 
 
@@ -120,6 +144,7 @@ def last_event_id(request: Request) -> str | None:
 
 PackDep = Annotated[PackView, Depends(owned_pack)]
 UserDep = Annotated[str, Depends(user_of_key)]
+StreamUserDep = Annotated[str, Depends(user_of_stream)]
 PackAllowedDep = Annotated[streams.Allowed, Depends(pack_allowed)]
 UserAllowedDep = Annotated[streams.Allowed, Depends(user_allowed)]
 LastEventId = Annotated[str | None, Depends(last_event_id)]

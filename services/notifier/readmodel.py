@@ -48,6 +48,9 @@ CREATE TABLE IF NOT EXISTS packs (
 );
 CREATE INDEX IF NOT EXISTS packs_by_user ON packs (user_id, pack_id, kafka_partition, last_position);
 CREATE INDEX IF NOT EXISTS packs_live ON packs (pack_id) WHERE live = 1;
+-- GET /v1/packs: a user's packs, newest first. Created on open when missing: an index adds
+-- nothing a file of the same SCHEMA_VERSION lacks, so it is no reason to rebuild one.
+CREATE INDEX IF NOT EXISTS packs_by_user_created ON packs (user_id, created_at DESC, pack_id DESC);
 CREATE TABLE IF NOT EXISTS checkpoint (
     kafka_partition INTEGER PRIMARY KEY,
     next_offset INTEGER NOT NULL      -- every record before it is applied to the packs above
@@ -195,6 +198,22 @@ class ReadModel:
             "SELECT pack_id FROM packs WHERE user_id = ? AND pack_id > ? ORDER BY pack_id LIMIT ?", (user_id, after, limit),
         )
         return [str(r[0]) for r in rows]
+
+    def user_newest(self, user_id: str, before: tuple[str, str] | None, status: str | None, limit: int) -> list[tuple[str, str, str]]:
+        """The user's packs older than `before` (created_at, pack_id), of `status` if given,
+        newest first, at most `limit`: (created_at, pack_id, snapshot JSON)."""
+        where, params = "user_id = ?", [user_id]
+        if before is not None:
+            where += " AND (created_at, pack_id) < (?, ?)"
+            params += [before[0], before[1]]
+        if status is not None:
+            where += " AND status = ?"
+            params.append(status)
+        rows = self._reader.execute(
+            f"SELECT created_at, pack_id, snapshot FROM packs WHERE {where} "
+            "ORDER BY created_at DESC, pack_id DESC LIMIT ?", [*params, limit],
+        )
+        return [(str(r[0]), str(r[1]), str(r[2])) for r in rows]
 
     def user_changed_after(self, user_id: str, cursor: dict[int, int]) -> list[str]:
         """The user's packs with an event past `cursor` (partition -> last position seen;

@@ -10,7 +10,15 @@ from prometheus_client import Gauge
 from sse_starlette import EventSourceResponse, ServerSentEvent
 
 from services.notifier import streams
-from services.notifier.deps import LastEventId, PackAllowedDep, PackDep, SettingsDep, StoreDep, UserAllowedDep, UserDep
+from services.notifier.deps import (
+    LastEventId,
+    PackAllowedDep,
+    PackDep,
+    SettingsDep,
+    StoreDep,
+    StreamUserDep,
+    UserAllowedDep,
+)
 
 router = APIRouter()
 SUBSCRIBERS = Gauge("packline_sse_subscribers", "open SSE connections")
@@ -28,7 +36,7 @@ async def pack_events(pack: PackDep, last_id: LastEventId, allowed: PackAllowedD
 
 @router.get("/v1/events", response_class=EventSourceResponse)
 async def user_events(
-    user_id: UserDep, store: StoreDep, last_id: LastEventId, allowed: UserAllowedDep, settings: SettingsDep,
+    user_id: StreamUserDep, store: StoreDep, last_id: LastEventId, allowed: UserAllowedDep, settings: SettingsDep,
 ) -> EventSourceResponse:
     return _live(streams.user_events(store, user_id, last_id, allowed), settings.notifier_ping_s)
 

@@ -268,6 +268,11 @@ class Store:
                     pack.offsets = None
         else:
             pack.offsets = None  # its records are in two partitions (more partitions since): not re-readable
+        if pack.status == PackState.CANCELLED:
+            # Final: an image's GENERATING or COMPLETED that lands after the cancel in the log
+            # was not delivered, and must not reopen the pack.
+            self.dirty.add(pack_id)
+            return None
         pack.updated_at = ev.occurred_at
         if isinstance(ev, PackStatus):
             pack.status, pack.cost, pack.charged, pack.refunded, pack.reason = (
