@@ -144,8 +144,10 @@ class FeedReader(ConsumerLoop):
 
     def poisoned(self, record: Record, exc: Exception) -> None:
         """A record `handle` could not read: skipped, and sent to invalid.dlq when the
-        service gave this reader `dead_letters` (`shared.poison`)."""
-        log.warning("%s: skipping %s[%s]@%s: %s", self.name, record.topic, record.partition, record.offset, exc)
+        service gave this reader `dead_letters` (`shared.poison`). Tombstones are skipped quietly."""
+        if record.value is None:
+            return  # a tombstone: what compaction leaves of a deleted key, not a malformed message
+        log.warning("%s: skipping %s[%s]@%s: %s", self.name, self.topic, record.partition, record.offset, exc)
         if self.dead_letters is not None:
             self.dead_letters.add(record, str(exc))
 

@@ -354,6 +354,20 @@ class DlqReplayed(Event):
     label: str | None = None  # the deprecated `--operator` text, kept as a note; never the identity
 
 
+class ProviderControl(Event):
+    """Provider calls paused or resumed by an operator (`generation.control`, compacted, read
+    by every generation process; the same record is kept on ops.audit). While paused, no
+    provider call starts: image jobs wait for their turn, none fails."""
+
+    TYPE = "provider.control"
+    type: Literal["provider.control"] = "provider.control"
+    version: Literal[1] = 1
+    paused: bool
+    operator: str  # the user id of the operator key
+    key_id: str | None = None
+    reason: str | None = None
+
+
 class KeyRevoked(Event):
     """Every API key of `user_id` with a generation below `below_generation` is revoked
     (account keys and named keys alike)."""

@@ -35,6 +35,12 @@ def _no_context() -> dict[str, str]:
 context_provider: Callable[[], dict[str, str]] = _no_context
 
 
+def set_context_provider(provider: Callable[[], dict[str, str]]) -> None:
+    """Where tracing plugs in: `provider` is called for every log record (keep it cheap)."""
+    global context_provider
+    context_provider = provider
+
+
 class ContextFilter(logging.Filter):
     """Adds `context_provider()`'s fields to every record that does not carry them already."""
 

@@ -13,6 +13,7 @@ import logging
 import time
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
@@ -65,6 +66,16 @@ class ObserveHttp:
             HTTP_SECONDS.labels(self.service, scope.get("method", "GET"), route, str(status)).observe(time.perf_counter() - started)
 
 
+@dataclass
+class KafkaReading:
+    """One reading of offsets: lag per (group, topic, partition), and per topic the messages
+    kept (end minus beginning offsets) and written (the sum of its end offsets)."""
+
+    lag: dict[tuple[str, str, int], int] = field(default_factory=dict)
+    kept: dict[str, int] = field(default_factory=dict)
+    end: dict[str, int] = field(default_factory=dict)
+
+
 class KafkaGauges:
     """Reads offsets for the gauges above: `groups` maps each consumer group to the topics
     it reads; the retry group's lag is the retry tiers' depth; a dead-letter topic's depth
@@ -87,6 +98,19 @@ class KafkaGauges:
         LAG_SCRAPE_ERRORS.set(0)
 
     async def _report(self) -> None:
+        reading = await self.read()
+        retry: dict[str, int] = defaultdict(int)
+        for (group, topic, partition), lag in reading.lag.items():
+            CONSUMER_LAG.labels(group, topic, str(partition)).set(lag)
+            if group == self.retry_group:
+                retry[topic] += lag
+        for topic, waiting in retry.items():
+            RETRY_DEPTH.labels(topic).set(waiting)
+        for topic in self.dead_letters:
+            DEAD_LETTERS.labels(topic).set(reading.kept.get(topic, 0))
+
+    async def read(self) -> KafkaReading:
+        """The figures behind the gauges, without setting them (the api's ops console shows them)."""
         admin, offsets = await self._clients()
         topics = sorted({t for ts in self.groups.values() for t in ts} | set(self.dead_letters))
         tps = [
@@ -95,21 +119,18 @@ class KafkaGauges:
         ]
         ends: dict[TopicPartition, int] = await offsets.end_offsets(tps)
         begins: dict[TopicPartition, int] = await offsets.beginning_offsets(tps)
-        retry: dict[str, int] = defaultdict(int)
+        reading = KafkaReading()
         for group, read in self.groups.items():
             committed: dict[TopicPartition, Any] = await admin.list_consumer_group_offsets(group)
             for tp in (tp for tp in tps if tp.topic in read):
                 at = committed.get(tp)
                 # Never committed: the group starts from the beginning (auto_offset_reset=earliest).
                 position = at.offset if at is not None and at.offset >= 0 else begins[tp]
-                lag = max(0, ends[tp] - max(position, begins[tp]))
-                CONSUMER_LAG.labels(group, tp.topic, str(tp.partition)).set(lag)
-                if group == self.retry_group:
-                    retry[tp.topic] += lag
-        for topic, waiting in retry.items():
-            RETRY_DEPTH.labels(topic).set(waiting)
-        for topic in self.dead_letters:
-            DEAD_LETTERS.labels(topic).set(sum(ends[tp] - begins[tp] for tp in tps if tp.topic == topic))
+                reading.lag[(group, tp.topic, tp.partition)] = max(0, ends[tp] - max(position, begins[tp]))
+        for tp in tps:
+            reading.kept[tp.topic] = reading.kept.get(tp.topic, 0) + ends[tp] - begins[tp]
+            reading.end[tp.topic] = reading.end.get(tp.topic, 0) + ends[tp]
+        return reading
 
     async def _clients(self) -> tuple[AIOKafkaAdminClient, AIOKafkaConsumer]:
         if self._admin is None or self._offsets is None:

@@ -39,6 +39,7 @@ from shared.events import (
     PackRegenerate,
     PackRequested,
     PackStatus,
+    ProviderControl,
     WebhookAttempted,
     WebhookDelivery,
     WebhookEndpointDeleted,
@@ -48,7 +49,7 @@ from shared.events import (
 E = TypeVar("E", bound=Event)
 Key = Literal[
     "user_id", "pack_id", "operator", "original key", "user_id or key_id", "key_id or key_id/used",
-    "user_id/idempotency_key", "instance_id", "endpoint_id",
+    "user_id/idempotency_key", "instance_id", "endpoint_id", "provider",
 ]
 
 # Fixed backoff tiers in seconds; a job waits in the smallest tier that covers its delay.
@@ -73,7 +74,7 @@ CreditsCommand = AccountCreate | CreditsGrant | BalanceQuery
 CreditsReply = CreditsChanged | CreditsBalance
 Revocation = KeyRevoked | NamedKeyRevoked
 KeyRecord = NamedKeyCreated | NamedKeyRevoked | NamedKeyUsed
-AuditRecord = DlqReplayed | NamedKeyCreated | NamedKeyRevoked | KeyRevoked | KeyOldSecretUsed
+AuditRecord = DlqReplayed | NamedKeyCreated | NamedKeyRevoked | KeyRevoked | KeyOldSecretUsed | ProviderControl
 
 PACKS_REQUESTED = TopicSpec[PackRequested]("packs.requested", (PackRequested,), "user_id", "pack requests from the api or any publisher")
 PACKS_ACCEPTED = TopicSpec[PackAccepted]("packs.accepted", (PackAccepted,), "pack_id", "packs debited by credits, for generation")
@@ -108,7 +109,7 @@ INVALID_DLQ = TopicSpec[Event](
     "invalid.dlq", (), "original key", "messages of any topic that could not be parsed or validated", KEEP_FOREVER,
 )
 OPS_AUDIT = TopicSpec[AuditRecord](
-    "ops.audit", (DlqReplayed, NamedKeyCreated, NamedKeyRevoked, KeyRevoked, KeyOldSecretUsed), "operator",
+    "ops.audit", (DlqReplayed, NamedKeyCreated, NamedKeyRevoked, KeyRevoked, KeyOldSecretUsed, ProviderControl), "operator",
     "what operators did, and every key event (created, revoked, verified by a retiring secret)", KEEP_FOREVER,
 )
 # Compacted: only the newest user-wide revocation per user (keyed by user id) and each
@@ -137,6 +138,12 @@ API_IDEMPOTENCY = TopicSpec[IdempotencyClaimed](
 API_INSTANCES = TopicSpec[ApiInstanceSeen](
     "api.instances", (ApiInstanceSeen,), "instance_id", "heartbeats of the live api instances (the rate limit's divisor)",
     {"cleanup.policy": "compact,delete", "retention.ms": str(24 * 3600 * 1000)},
+)
+# The provider switch: one key ("provider"), compacted, so the newest pause or resume is
+# what every generation process reads at start and follows after (services/generation/control.py).
+GENERATION_CONTROL = TopicSpec[ProviderControl](
+    "generation.control", (ProviderControl,), "provider", "provider calls paused or resumed by an operator",
+    {"cleanup.policy": "compact"}, partitions=1,
 )
 RETRY_TIERS: tuple[TopicSpec[ImageJob], ...] = tuple(
     TopicSpec[ImageJob](f"images.retry.{s}s", (ImageJob,), "pack_id", f"image jobs waiting {s} s before their next attempt")
@@ -171,7 +178,8 @@ WEBHOOK_RETRY_TIERS: tuple[TopicSpec[WebhookDelivery], ...] = tuple(
 REGISTRY: tuple[TopicSpec[Any], ...] = (
     PACKS_REQUESTED, PACKS_ACCEPTED, PACKS_STATUS, IMAGES_JOBS, IMAGES_RESULTS, PACKS_REPLIES, PACKS_CANCELLED, IMAGES_DLQ,
     CREDITS_COMMANDS,
-    CREDITS_EVENTS, INVALID_DLQ, OPS_AUDIT, AUTH_REVOCATIONS, AUTH_KEYS, API_IDEMPOTENCY, API_INSTANCES, *RETRY_TIERS,
+    CREDITS_EVENTS, INVALID_DLQ, OPS_AUDIT, AUTH_REVOCATIONS, AUTH_KEYS, API_IDEMPOTENCY, API_INSTANCES, GENERATION_CONTROL,
+    *RETRY_TIERS,
     WEBHOOKS_ENDPOINTS, WEBHOOKS_DELIVERIES, WEBHOOKS_DLQ, WEBHOOKS_ATTEMPTS, *WEBHOOK_RETRY_TIERS,
 )
 
@@ -243,6 +251,10 @@ class Topics:
     @property
     def ops_audit(self) -> str:
         return self.name(OPS_AUDIT)
+
+    @property
+    def generation_control(self) -> str:
+        return self.name(GENERATION_CONTROL)
 
     @property
     def auth_revocations(self) -> str:

@@ -10,7 +10,7 @@ from fastapi import FastAPI, Request, Response
 from fastapi.responses import JSONResponse
 from starlette.middleware.cors import CORSMiddleware
 
-from services.api import asyncapi, changes, keys, reads, webhooks
+from services.api import asyncapi, changes, keys, ops, ops_kafka, reads, webhooks
 from services.api.coordination import ApiInstances, IdempotencyFeed
 from services.api.limits import RateLimiter
 from services.api.routes import router
@@ -38,6 +38,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     attempts = webhooks.AttemptLog(settings.kafka, settings.topics.webhooks_attempts)
     replies = changes.PackReplies(settings.kafka, settings.topics.packs_replies)
     dead_letters = DeadLetters(publisher, settings.topics)
+    switch = ops_kafka.ProviderSwitch(settings.kafka, settings.topics.generation_control)
+    switch.dead_letters = dead_letters
     for feed in (revocations, registry, idempotency, instances):
         feed.dead_letters = dead_letters
     endpoints.dead_letters = attempts.dead_letters = replies.dead_letters = dead_letters
@@ -54,9 +56,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         await endpoints.start()
         await attempts.start()
         await replies.start()
+        await switch.start()
         try:
             yield
         finally:
+            await switch.stop()
             await replies.stop()
             await attempts.stop()
             await endpoints.stop()
@@ -85,6 +89,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.images = open_image_store(settings)
     app.state.webhook_endpoints, app.state.webhook_attempts = endpoints, attempts
     app.state.replies = replies
+    app.state.provider_switch = switch
     app.add_middleware(CORSMiddleware, allow_origins=[settings.notifier_public_url.rstrip("/")], allow_headers=["*"], allow_methods=["*"])
 
     @app.middleware("http")
@@ -101,5 +106,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(asyncapi.router)
     app.include_router(webhooks.router)
     app.include_router(reads.router)
+    app.include_router(ops.router)
     app.add_middleware(ObserveHttp, service="api")  # outermost: spans and durations cover everything above
     return app

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import time
 from dataclasses import asdict
 from pathlib import Path
 from typing import Annotated, Any
@@ -18,23 +17,14 @@ from rich.progress import Progress
 from rich.table import Table
 
 from services.cli import kafka_io, operator
-from services.cli.redrive import Entry, count_replays, entry_of, merge_copies, replay_messages
+from services.cli.redrive import Entry
+from services.ops.deadletters import load_entries, send_replays
 from shared.events import DlqReplayed
-from shared.kafka import Outgoing
 from shared.settings import CommonSettings
 
 app = typer.Typer(no_args_is_help=True, help="dead-letter topics: images.dlq, webhooks.dlq and invalid.dlq")
 console = Console()
 HIDDEN = ("payload", "value", "headers")
-
-
-async def load_entries(s: CommonSettings) -> list[Entry]:
-    entries: list[Entry] = []
-    for topic, short in ((s.topics.images_dlq, "dlq"), (s.topics.invalid_dlq, "invalid"), (s.topics.webhooks_dlq, "webhook")):
-        entries += [entry_of(r, short) for r in await kafka_io.read_all(s.kafka, topic)]
-    entries = merge_copies(entries)
-    count_replays(entries, await kafka_io.read_events(s.kafka, s.topics.ops_audit, (DlqReplayed,)), s.dlq_max_replays)
-    return entries
 
 
 def _filter(entries: list[Entry], pack: str | None, error_type: str | None) -> list[Entry]:
@@ -146,15 +136,9 @@ def dlq_replay(
 
 async def _replay(s: CommonSettings, entries: list[Entry], record: DlqReplayed, value: bytes | None, rate: float) -> None:
     async with kafka_io.open_publisher(s.kafka, "packline-cli-replay") as publisher:
-        if not record.dry_run:
-            with Progress(console=console, transient=True, disable=len(entries) < 20) as progress:
-                task = progress.add_task("replaying", total=len(entries))
-                for e in entries:
-                    started = time.monotonic()
-                    await publisher.send(replay_messages(s.topics, e, record.operator, value))
-                    progress.advance(task)
-                    await asyncio.sleep(max(0.0, 1 / rate - (time.monotonic() - started)))
-        await publisher.send([Outgoing.of(s.topics.ops_audit, record, record.operator)])
+        with Progress(console=console, transient=True, disable=len(entries) < 20 or record.dry_run) as progress:
+            task = progress.add_task("replaying", total=len(entries))
+            await send_replays(publisher, s, entries, record, rate, value, lambda: progress.advance(task))
 
 
 @app.command("history")

@@ -16,6 +16,7 @@ from services.generation import handlers
 from services.generation.backends import make_backend
 from services.generation.cancels import CancelFeed
 from services.generation.consumer import JobScheduler
+from services.generation.control import ControlFeed
 from services.generation.jobs import JobRunner
 from services.generation.retry import RetryForwarder
 from services.generation.scheduling import ProviderLimiter
@@ -44,6 +45,8 @@ def build(settings: Settings) -> FastAPI:
     forwarder = RetryForwarder(settings.kafka, f"{settings.topic_prefix}packline-generation-retry", t, publisher)
     cancels = CancelFeed(settings.kafka, t.packs_cancelled, runner)
     cancels.dead_letters = DeadLetters(publisher, t)
+    control = ControlFeed(settings.kafka, t.generation_control, limiter)
+    control.dead_letters = cancels.dead_letters
 
     async def accepted(ev: PackAccepted, _record: Record) -> None:
         await publisher.enqueue(handlers.fan_out(ev, t))  # acked before the batch is committed
@@ -64,8 +67,11 @@ def build(settings: Settings) -> FastAPI:
         nonlocal gauging
         await publisher.start()
         await cancels.start()
+        await control.start()
         with contextlib.suppress(TimeoutError):  # jobs of packs cancelled while this process was away are not started
             await asyncio.wait_for(cancels.ready.wait(), 30)
+        with contextlib.suppress(TimeoutError):  # a process started during an outage starts paused
+            await asyncio.wait_for(control.ready.wait(), 30)
         await scheduler.start()
         await forwarder.start()
         await packs.start()
@@ -78,6 +84,7 @@ def build(settings: Settings) -> FastAPI:
         await packs.stop()
         await forwarder.stop()
         await scheduler.stop()
+        await control.stop()
         await cancels.stop()
         await publisher.stop()
 

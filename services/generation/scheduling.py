@@ -21,6 +21,19 @@ class ProviderLimiter:
         self.per_minute, self.burst, self.clock = per_minute, max(1, burst), clock
         self.share = 1.0
         self._tat = 0.0  # theoretical arrival time of the next call
+        self._running = asyncio.Event()  # cleared while an operator has paused the provider
+        self._running.set()
+
+    @property
+    def paused(self) -> bool:
+        return not self._running.is_set()
+
+    def pause(self) -> None:
+        """No call starts until `resume`; calls already started finish."""
+        self._running.clear()
+
+    def resume(self) -> None:
+        self._running.set()
 
     def set_share(self, owned: int, total: int) -> None:
         # A process with no partitions may still finish a job it was running: give it the
@@ -38,6 +51,12 @@ class ProviderLimiter:
         return max(0.0, tat - (self.burst - 1) * interval - now)
 
     async def acquire(self) -> None:
-        wait = self.reserve()
-        if wait > 0:
-            await asyncio.sleep(wait)
+        """Wait for the next slot, and for as long as the provider is paused: a pause that
+        comes while waiting for a slot still holds the call back."""
+        while True:
+            await self._running.wait()
+            wait = self.reserve()
+            if wait > 0:
+                await asyncio.sleep(wait)
+            if self._running.is_set():
+                return

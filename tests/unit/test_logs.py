@@ -32,7 +32,8 @@ def test_json_lifecycle_line_names_pack_image_user_event_and_trace(captured: pyt
 
 
 def test_context_provider_is_the_one_place_for_trace_ids(captured: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(logs, "context_provider", lambda: {"trace_id": "abc123"})
+    monkeypatch.setattr(logs, "context_provider", logs.context_provider)  # put back afterwards
+    logs.set_context_provider(lambda: {"trace_id": "abc123"})
     logs.configure_logging("json")
     logging.getLogger("packline.any").warning("hello %s", "world")
     line = json.loads(captured.readouterr().err.strip())

@@ -1,0 +1,1 @@
+"""What operators' tools share: the `packline` CLI and the api's ops console (`/ops`)."""
