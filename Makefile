@@ -19,7 +19,7 @@ UV_DIR       := .cache/uv-$(UV_VERSION)
 UV           := $(UV_DIR)/bin/uv
 UV_COMPILE   := pip compile --quiet --python-version 3.11 --generate-hashes --custom-compile-command "make lock"
 
-.PHONY: setup system-deps lock kafka-jars s3proxy-jars asyncapi-parser kafka kafka-stop up demo test test-fast lint schemas bench-sse bench-api bench-pipeline bench-intake bench-notifier-start bench-revocations chaos chaos-cluster clean
+.PHONY: setup system-deps lock kafka-jars s3proxy-jars asyncapi-parser kafka kafka-stop up demo test test-fast lint schemas bench-sse bench-api bench-pipeline bench-intake bench-notifier-start bench-revocations bench-load chaos chaos-cluster clean
 
 setup: $(PY_STAMP) $(JARS_STAMP) $(S3_JARS_STAMP)
 
@@ -114,6 +114,11 @@ bench-intake: setup
 # A notifier's start (time to ready, RSS) on a read model of 10,000, 100,000 and 1,000,000 finished packs.
 bench-notifier-start: setup
 	$(BIN)/python -m tests.bench.notifier_start_bench
+
+# The public contract under load (POST in, SSE out): 10 packs/s, then bursts of 300 (4 users) and 1,500 (8 users).
+bench-load: setup
+	$(BIN)/python -m tests.bench.load_bench --users 4 --rate 10 --seconds 30 --burst 300
+	$(BIN)/python -m tests.bench.load_bench --users 8 --rate 0 --burst 1500
 
 # 1,000,000 records on auth.revocations: how long the api's revocation reader takes to be ready.
 bench-revocations: setup

@@ -26,9 +26,11 @@ from shared.http import ApiKey, Scoped
 from shared.kafka import Outgoing
 
 PAGE = Path(__file__).parent / "static" / "ops.html"
-MAX_REPLAY_S = 120.0  # a replay is answered when it is done: a selection must fit in this at its rate
+# A replay is answered when it is done, so a selection must fit in this at its rate, and
+# every answer under the proxy's 60 s read timeout (deploy/nginx).
+MAX_REPLAY_S = 50.0
 TIMELINE_MAX_RECORDS = 200_000  # per scanned partition: the newest ones in the window
-READ_TIMEOUT_S = 60.0
+READ_TIMEOUT_S = 50.0
 
 router = APIRouter()
 OpsKey = Annotated[ApiKey, Depends(Scoped("ops"))]

@@ -17,6 +17,7 @@ from shared.kafka import KafkaConfig
 
 log = logging.getLogger("packline.generation")
 PAUSED = Gauge("packline_provider_paused", "1 while an operator has paused provider calls")
+HELD = Gauge("packline_provider_held", "image jobs waiting for provider calls to be resumed")
 
 
 class ControlFeed(FeedReader):
@@ -27,6 +28,7 @@ class ControlFeed(FeedReader):
         self.limiter = limiter
         self.decode = Decoder((ProviderControl,))
         self.latest: ProviderControl | None = None
+        HELD.set_function(lambda: limiter.held)
 
     def handle(self, records: list[Record]) -> None:
         for record in records:

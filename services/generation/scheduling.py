@@ -23,6 +23,7 @@ class ProviderLimiter:
         self._tat = 0.0  # theoretical arrival time of the next call
         self._running = asyncio.Event()  # cleared while an operator has paused the provider
         self._running.set()
+        self.held = 0  # calls waiting for a resume
 
     @property
     def paused(self) -> bool:
@@ -54,7 +55,12 @@ class ProviderLimiter:
         """Wait for the next slot, and for as long as the provider is paused: a pause that
         comes while waiting for a slot still holds the call back."""
         while True:
-            await self._running.wait()
+            if not self._running.is_set():
+                self.held += 1
+                try:
+                    await self._running.wait()
+                finally:
+                    self.held -= 1
             wait = self.reserve()
             if wait > 0:
                 await asyncio.sleep(wait)

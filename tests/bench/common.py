@@ -22,6 +22,7 @@ def run_with_broker(bench: Callable[[str, Path], Awaitable[None]]) -> int:
             broker = Broker(work / "kafka", free_port(), free_port())
             broker.start(120)
             bootstrap = broker.bootstrap
+            (work / "broker.pid").write_text(str(broker.pid))  # for benchmarks that account its CPU
         asyncio.run(bench(bootstrap, work))
         return 0
     finally:

@@ -106,15 +106,16 @@ async def test_an_operator_replays_a_dead_letter_and_sees_the_pack_complete(s: R
             await page.wait_for_function("() => document.querySelector('#ledger tr[data-reason=recharged]') !== null", timeout=30_000)
             reasons = await page.eval_on_selector_all("#ledger tr", "rows => rows.map((r) => r.dataset.reason)")
             assert reasons == ["debited", "refunded", "recharged"], reasons
-            statuses = await page.eval_on_selector_all("#timeline tr", "rows => rows.map((r) => r.children[1].textContent + ' ' + r.dataset.status)")
+            statuses = await page.eval_on_selector_all(
+                "#timeline tr", "rows => rows.map((r) => r.children[1].textContent + ' ' + r.dataset.status)")
             assert "image main FAILED" in statuses and "image main (run 1) COMPLETED" in statuses, statuses
             assert statuses[-1] == "pack COMPLETED", statuses
 
-            # Lag and depth: images.dlq keeps the entry; the job consumers are listed.
+            # Lag and depth, read again: ops.audit now keeps the replay, images.dlq the entry;
+            # the job consumers are listed.
             await page.click("#lag-refresh")
-            await page.wait_for_function("() => document.querySelector('#lag tr[data-topic=\"images.dlq\"]') !== null")
-            dlq_kept = await page.locator('#lag tr[data-topic="images.dlq"] td').nth(1).text_content()
-            assert int(dlq_kept or 0) >= 1
+            kept = "(t) => Number(document.querySelector(`#lag tr[data-topic='${t}'] td:nth-child(2)`)?.textContent || 0)"
+            await page.wait_for_function(f"() => ({kept})('ops.audit') >= 1 && ({kept})('images.dlq') >= 1")
             assert "packline-generation-jobs" in (await page.locator('#lag tr[data-topic="images.jobs"]').text_content() or "")
 
             shot = Path(os.environ.get("PACKLINE_OPS_SCREENSHOT", tmp_path / "packline-ops.png"))

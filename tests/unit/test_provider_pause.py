@@ -26,10 +26,10 @@ async def test_a_paused_limiter_holds_every_call_until_resumed() -> None:
     calls = [asyncio.create_task(call(n)) for n in range(5)]
     for _ in range(20):  # let every task run as far as it can
         await asyncio.sleep(0)
-    assert started == [] and not any(c.done() for c in calls)
+    assert started == [] and not any(c.done() for c in calls) and limiter.held == 5
     limiter.resume()
     await asyncio.gather(*calls)
-    assert sorted(started) == [0, 1, 2, 3, 4] and not limiter.paused
+    assert sorted(started) == [0, 1, 2, 3, 4] and not limiter.paused and limiter.held == 0
 
 
 async def test_a_pause_while_waiting_for_a_slot_still_holds_the_call() -> None:

@@ -1,0 +1,28 @@
+"""The short version of `make bench-load`: the load client drives the public contract to the
+end and its figures add up (every pack accepted and finished, every image counted, the CPU
+of every process read). The figures themselves are the benchmark's, not asserted here."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+
+import pytest
+
+pytestmark = pytest.mark.e2e
+
+
+def test_the_load_benchmark_runs_the_contract_end_to_end(kafka_bootstrap: str) -> None:
+    out = subprocess.run(
+        [sys.executable, "-m", "tests.bench.load_bench", "--users", "2", "--rate", "5", "--seconds", "2", "--burst", "20"],
+        env={**os.environ, "KAFKA_BOOTSTRAP_SERVERS": kafka_bootstrap}, capture_output=True, text=True, timeout=300,
+    )
+    assert out.returncode == 0, out.stdout + out.stderr
+    runs = re.findall(r"(\d+) packs \((\d+) images\) in [\d.]+ s; HTTP \{202: (\d+)\}; packs \{'COMPLETED': (\d+)\}", out.stdout)
+    assert runs == [("10", "60", "10", "10"), ("20", "120", "20", "20")], out.stdout
+    for process in ("api", "credits", "generation", "notifier", "load client"):
+        assert re.search(rf"{process} \d+\.\d\d", out.stdout), (process, out.stdout)
+    assert out.stdout.count("POST -> terminal event") == 2
+
