@@ -202,10 +202,13 @@ class OrderedConsumer(ConsumerLoop):
     def __init__(
         self, kafka: KafkaConfig, group: str, topics: Sequence[str], handle: Callable[[Record], Awaitable[None]],
         before_commit: Callable[[], Awaitable[None]] | None = None, max_batch: int = 200,
+        handle_batch: Callable[[list[Record]], Awaitable[None]] | None = None,
     ) -> None:
         """`before_commit` runs before offsets are committed: a publisher's `flush`, when
-        handlers only enqueue their effects."""
+        handlers only enqueue their effects. `handle_batch`, if given, takes each partition's
+        records of a poll at once, in order, instead of `handle` one by one."""
         self.kafka, self.group, self.topics, self.handle = kafka, group, list(topics), handle
+        self.handle_batch = handle_batch
         self.before_commit, self.max_batch = before_commit, max_batch
         self.name = f"{group}[{','.join(self.topics)}]"
         # Per partition, since the last commit: the first offset handled, and the next one.
@@ -281,6 +284,9 @@ class OrderedConsumer(ConsumerLoop):
             self._handled.pop(tp, None)
 
     async def _in_order(self, records: list[Record]) -> None:
+        if self.handle_batch is not None:
+            await self.handle_batch(records)
+            return
         for record in records:
             await self.handle(record)
 

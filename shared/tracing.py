@@ -173,11 +173,15 @@ def consumed(record: Any) -> contextlib.AbstractContextManager[None]:
 
 @contextlib.contextmanager
 def _consumed(record: Any) -> Iterator[None]:
-    with tracer().start_as_current_span(
-        f"process {record.topic}", context=remote(record.headers), kind=SpanKind.CONSUMER,
-        attributes=_attributes(record.topic, record.partition, record.offset),
-    ):
-        yield
+    token = _per_pack.set(None)  # one record handled on its own (intake's one-by-one fallback): its trace only
+    try:
+        with tracer().start_as_current_span(
+            f"process {record.topic}", context=remote(record.headers), kind=SpanKind.CONSUMER,
+            attributes=_attributes(record.topic, record.partition, record.offset),
+        ):
+            yield
+    finally:
+        _per_pack.reset(token)
 
 
 def span(
@@ -212,14 +216,15 @@ def per_pack(records: Sequence[tuple[str, Any]]) -> contextlib.AbstractContextMa
 
 @contextlib.contextmanager
 def _per_pack_spans(records: Sequence[tuple[str, Any]]) -> Iterator[None]:
-    spans = {pack_id: tracer().start_span(
+    # One span per record; a pack with several records in the batch sends in its last one's.
+    started = [(pack_id, tracer().start_span(
         f"process {record.topic}", context=remote(record.headers), kind=SpanKind.CONSUMER,
         attributes=_attributes(record.topic, record.partition, record.offset),
-    ) for pack_id, record in records}
-    token = _per_pack.set({pack_id: trace.set_span_in_context(s) for pack_id, s in spans.items()})
+    )) for pack_id, record in records]
+    token = _per_pack.set({pack_id: trace.set_span_in_context(s) for pack_id, s in started})
     try:
         yield
     finally:
         _per_pack.reset(token)
-        for one in spans.values():
+        for _, one in started:
             one.end()

@@ -141,6 +141,11 @@ async def handle(
             await asyncio.sleep(min(0.2 * 2**attempt, 5.0))
 
 
+def handled(topic: str, count: int) -> None:
+    """Messages a batch handler took in at once (`handle` counts them one by one)."""
+    MESSAGES.labels(topic, "ok").inc(count)
+
+
 async def _dead_letter(publisher: Publisher, settings: CommonSettings, msg: Record, reason: str, error_type: str) -> None:
     log.warning("dead-lettering %s[%s]@%s: %s", msg.topic, msg.partition, msg.offset, reason)
     MESSAGES.labels(msg.topic, "invalid").inc()

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import logging
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -23,7 +24,9 @@ from shared.consumer import OrderedConsumer, Record
 from shared.kafka import Outgoing, Publisher
 from shared.metrics import KafkaGauges
 from shared.topics import CREDITS_COMMANDS, IMAGES_RESULTS, CreditsCommand, ImageResult
-from shared.worker import Route, dispatch, every, worker_app
+from shared.worker import Route, decode_or_dead_letter, dispatch, every, handle, handled, worker_app
+
+log = logging.getLogger("packline.credits")
 
 
 def build(settings: Settings) -> FastAPI:
@@ -54,6 +57,30 @@ def build(settings: Settings) -> FastAPI:
     async def command(ev: CreditsCommand, _record: Record) -> None:
         await run(handlers.on_command, ev, ledger, t)
 
+    async def results(records: list[Record]) -> None:
+        """A partition's batch of images.results in one ledger transaction; if it fails, each
+        message on its own (retried, or dead-lettered with its reason)."""
+        if records[0].topic != t.images_results:
+            for record in records:
+                await one(record)
+            return
+        typed: list[tuple[Record, ImageResult]] = []
+        for record in records:
+            ev = await decode_or_dead_letter(record, IMAGES_RESULTS, publisher, settings)
+            if ev is not None:
+                typed.append((record, ev))
+        try:
+            with tracing.per_pack([(str(ev.pack_id), record) for record, ev in typed]):
+                await run(handlers.on_image_results, [ev for _, ev in typed], ledger, t)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            log.warning("a batch of %d results failed (%r): handling them one by one", len(typed), exc)
+            for record, ev in typed:
+                await handle(ev, record, result, publisher, settings)
+        else:
+            handled(t.images_results, len(typed))
+
     intake = Intake(settings, intake_publisher, requested)
     topics, one = dispatch([Route(IMAGES_RESULTS, result), Route(CREDITS_COMMANDS, command)], publisher, settings)
 
@@ -65,7 +92,7 @@ def build(settings: Settings) -> FastAPI:
 
     consumer = OrderedConsumer(
         settings.kafka, f"{settings.topic_prefix}packline-credits", topics, one,
-        before_commit=publisher.flush,
+        before_commit=publisher.flush, handle_batch=results,
     )
     redrive: asyncio.Task[None] | None = None
     gauges = KafkaGauges(settings.kafka, {intake.group: [intake.topic], consumer.group: topics}, dead_letters=[t.invalid_dlq])

@@ -12,7 +12,7 @@ from dataclasses import replace
 from uuid import UUID
 
 from services.credits import changes
-from services.credits.ledger import Ledger, PackOrder, PackView
+from services.credits.ledger import ImageOutcome, Ledger, PackOrder, PackView
 from shared.errors import InvalidMessage, UnknownAccount
 from shared.events import (
     AccountCreate,
@@ -127,12 +127,35 @@ def on_image_result(ev: ImageResult, ledger: Ledger, t: Topics) -> list[Outgoing
             return []
         lifecycle("replayed", pack_id=ev.pack_id, image_id=ev.image_id, user_id=ev.user_id, event_id=ev.event_id, run=ev.run)
         return [_status(t, view, PackState.PROCESSING, "reopened", ev.image_id, ev.run)]
+    return on_image_results([ev], ledger, t)
+
+
+def on_image_results(events: Sequence[ImageResult], ledger: Ledger, t: Topics) -> list[Outgoing]:
+    """A partition's batch, in order: each run of image outcomes in one ledger transaction
+    (a pack's six results usually come together), anything else on its own."""
+    out: list[Outgoing] = []
+    outcomes: list[ImageCompleted | ImageFailed] = []
+    for ev in [*events, None]:
+        if isinstance(ev, ImageCompleted | ImageFailed):
+            outcomes.append(ev)
+            continue
+        if outcomes:
+            views = ledger.record_images([
+                ImageOutcome(str(o.pack_id), o.image_id, o.run, isinstance(o, ImageCompleted), o.attempts,
+                             url=o.url if isinstance(o, ImageCompleted) else None,
+                             error=o.error if isinstance(o, ImageFailed) else None)
+                for o in outcomes
+            ])
+            for outcome, view in zip(outcomes, views, strict=True):
+                out += _after_outcome(outcome, view, ledger, t)
+            outcomes.clear()
+        if ev is not None:
+            out += on_image_result(ev, ledger, t)
+    return out
+
+
+def _after_outcome(ev: ImageCompleted | ImageFailed, view: PackView | None, ledger: Ledger, t: Topics) -> list[Outgoing]:
     delivered = isinstance(ev, ImageCompleted)
-    view = ledger.record_image(
-        str(ev.pack_id), ev.image_id, run=ev.run, delivered=delivered, attempts=ev.attempts,
-        url=ev.url if isinstance(ev, ImageCompleted) else None,
-        error=ev.error if isinstance(ev, ImageFailed) else None,
-    )
     if view is None or (view.status == PackState.CANCELLED and not view.created):
         return []  # a cancelled pack takes no more outcomes
     # A redelivered result re-emits what its first handling emitted, under the same event

@@ -46,6 +46,19 @@ class PackOrder:
     refusal: str | None = None
 
 
+@dataclass(frozen=True)
+class ImageOutcome:
+    """An image's outcome as the ledger takes it."""
+
+    pack_id: str
+    image_id: str
+    run: int
+    delivered: bool
+    attempts: int
+    url: str | None = None
+    error: str | None = None
+
+
 @dataclass
 class PackView:
     """What the rest of the system is told about a pack after a ledger operation."""
@@ -181,34 +194,42 @@ class Ledger:
     ) -> PackView | None:
         """Apply an image's outcome: a failure refunds a held price, a delivery of a
         refunded (replayed) image charges it again. Stale or repeated outcomes change nothing."""
+        return self.record_images([ImageOutcome(pack_id, image_id, run, delivered, attempts, url, error)])[0]
+
+    def record_images(self, outcomes: Sequence[ImageOutcome]) -> list[PackView | None]:
+        """`record_image` for several outcomes (a partition's batch), in order, in one transaction."""
         with self.sessions.begin() as s:
-            pack = s.get(Pack, pack_id, with_for_update=True)
-            img = s.get(PackImage, (pack_id, image_id), with_for_update=True)
-            if pack is None or img is None:
-                return None
-            if pack.status == PackState.CANCELLED:  # it came after the cancel in the pack's log: not delivered
-                return self.view_of(s, pack, created=False)
-            repeated_failure = img.status == ImageState.FAILED and run == img.run and not delivered
-            if run < img.run or img.status == ImageState.COMPLETED or repeated_failure:
-                return self.view_of(s, pack, created=False)
-            img.run, img.attempts = run, attempts
-            pack.updated_at = now()
-            moved = 0
-            if delivered:
-                img.status, img.url, img.error = ImageState.COMPLETED, url, None
-                if not img.charged:
-                    moved = self.move(s, pack, img, -img.cost, "recharged", f"recharge:{pack_id}:{image_id}:{run}")
-            else:
-                img.status, img.error = ImageState.FAILED, error
-                if img.charged:
-                    moved = self.move(s, pack, img, img.cost, "refunded", f"refund:{pack_id}:{image_id}:{run}")
-            img.charged = delivered
-            images = list(s.scalars(select(PackImage).where(PackImage.pack_id == pack_id)))
-            if all(i.status.finished for i in images):
-                done = sum(i.status == ImageState.COMPLETED for i in images)
-                pack.status = PackState.COMPLETED if done == len(images) else PackState.PARTIAL if done else PackState.FAILED
-            s.flush()
-            return self.view_of(s, pack, created=True, money_moved=moved)
+            return [self._record(s, outcome) for outcome in outcomes]
+
+    def _record(self, s: Session, outcome: ImageOutcome) -> PackView | None:
+        pack_id, image_id, run, delivered = outcome.pack_id, outcome.image_id, outcome.run, outcome.delivered
+        pack = s.get(Pack, pack_id, with_for_update=True)
+        img = s.get(PackImage, (pack_id, image_id), with_for_update=True)
+        if pack is None or img is None:
+            return None
+        if pack.status == PackState.CANCELLED:  # it came after the cancel in the pack's log: not delivered
+            return self.view_of(s, pack, created=False)
+        repeated_failure = img.status == ImageState.FAILED and run == img.run and not delivered
+        if run < img.run or img.status == ImageState.COMPLETED or repeated_failure:
+            return self.view_of(s, pack, created=False)
+        img.run, img.attempts = run, outcome.attempts
+        pack.updated_at = now()
+        moved = 0
+        if delivered:
+            img.status, img.url, img.error = ImageState.COMPLETED, outcome.url, None
+            if not img.charged:
+                moved = self.move(s, pack, img, -img.cost, "recharged", f"recharge:{pack_id}:{image_id}:{run}")
+        else:
+            img.status, img.error = ImageState.FAILED, outcome.error
+            if img.charged:
+                moved = self.move(s, pack, img, img.cost, "refunded", f"refund:{pack_id}:{image_id}:{run}")
+        img.charged = delivered
+        images = list(s.scalars(select(PackImage).where(PackImage.pack_id == pack_id)))
+        if all(i.status.finished for i in images):
+            done = sum(i.status == ImageState.COMPLETED for i in images)
+            pack.status = PackState.COMPLETED if done == len(images) else PackState.PARTIAL if done else PackState.FAILED
+        s.flush()
+        return self.view_of(s, pack, created=True, money_moved=moved)
 
     def reopen_image(self, pack_id: str, image_id: str, run: int) -> PackView | None:
         """An operator replays a dead-lettered image: it is pending again under a new run."""

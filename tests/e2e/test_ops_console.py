@@ -14,7 +14,7 @@ import httpx
 import pytest
 
 from shared.auth import make_named_key, new_key_id
-from shared.events import DlqReplayed, decode
+from shared.events import DlqReplayed, ProviderControl, decode
 from tests.harness import OPERATOR, RunningStack, restart
 
 pytestmark = pytest.mark.e2e
@@ -118,6 +118,15 @@ async def test_an_operator_replays_a_dead_letter_and_sees_the_pack_complete(s: R
             await page.wait_for_function(f"() => ({kept})('ops.audit') >= 1 && ({kept})('images.dlq') >= 1")
             assert "packline-generation-jobs" in (await page.locator('#lag tr[data-topic="images.jobs"]').text_content() or "")
 
+            # The provider switch: paused by this operator, then resumed.
+            assert await page.text_content("#provider-state") == "running"
+            await page.fill("#reason", "provider outage")
+            await page.click("#pause")
+            await page.wait_for_function("() => document.querySelector('#provider-state').textContent === 'paused'")
+            assert f"paused by {OPERATOR}" in await page.text_content("#provider-info")
+            await page.click("#resume")
+            await page.wait_for_function("() => document.querySelector('#provider-state').textContent === 'running'")
+
             shot = Path(os.environ.get("PACKLINE_OPS_SCREENSHOT", tmp_path / "packline-ops.png"))
             await page.screenshot(path=str(shot), full_page=True)
         finally:
@@ -130,6 +139,8 @@ async def test_an_operator_replays_a_dead_letter_and_sees_the_pack_complete(s: R
     replays = [r for r in records if isinstance(r, DlqReplayed) and pack_id in r.pack_ids]
     assert [(r.operator, r.entries, r.dry_run) for r in replays] == [(OPERATOR, [entry_id], False)]
     assert replays[0].key_id is not None
+    switches = [(r.paused, r.operator, r.reason) for r in records if isinstance(r, ProviderControl)]
+    assert switches == [(True, OPERATOR, "provider outage"), (False, OPERATOR, "provider outage")]
 
 
 async def test_the_console_api_refuses_what_it_should(s: RunningStack) -> None:

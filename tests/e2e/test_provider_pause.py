@@ -1,7 +1,8 @@
 """Pausing the provider during an outage, on a real stack with two generation processes:
 while paused, no provider call starts in either (the local backend's call log), every
-image job waits in its process (nothing lost, nothing failed); after the resume, every pack
-completes with one call per image. Both switches are on ops.audit under the operator's key."""
+image job waits in its process (nothing lost, nothing failed), and a process restarted
+while paused starts paused; after the resume, every pack completes with one call per
+image. Both switches are on ops.audit under the operator's key."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ import httpx
 import pytest
 
 from shared.events import ProviderControl, decode
-from tests.harness import OPERATOR, RunningStack, read_provider_calls
+from tests.harness import OPERATOR, RunningStack, read_provider_calls, restart
 
 pytestmark = pytest.mark.e2e
 GENERATION = ["generation-1", "generation-2"]
@@ -68,6 +69,13 @@ async def test_while_paused_no_call_starts_and_after_resume_every_pack_completes
             snap = (await s.snapshot(pack_id, user)).json()
             assert snap["status"] == "PROCESSING", snap
             assert [i["status"] for i in snap["images"]] == ["PENDING"] * IMAGES, snap
+
+        # A process restarted during the outage (a deploy) is paused before it takes a job:
+        # its held jobs go back to the group unstarted, and still no call starts.
+        await asyncio.to_thread(restart, s, "generation-2")
+        assert await total(s, "packline_provider_paused") == [1.0, 1.0]
+        await s.shares_settled(GENERATION)
+        assert read_provider_calls(calls_log, started=True) == []
 
         resumed_at = time.time()
         resumed = await client.post("/v1/ops/provider/resume", headers=ops, json={})

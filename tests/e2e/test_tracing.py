@@ -145,7 +145,8 @@ async def test_one_pack_is_one_trace_across_the_four_processes(kafka_bootstrap: 
         assert post.parent_id == client_span and post.kind == 2 and post.attributes["http.response.status_code"] == 202
         ledger = by_name[("packline-credits", "ledger transaction")]
         functions = {x.attributes["code.function.name"] for x in ledger}
-        assert {"on_packs_requested", "on_image_result"} <= functions
+        # The intake's batch, and the results (one at a time or in a batch): the settlement among them.
+        assert "on_packs_requested" in functions and any(f.startswith("on_image_result") for f in functions), functions
         calls = by_name[("packline-generation", "image provider call")]
         # main: failed once, then made after a retry tier; detail: refused for good at once.
         assert sorted((x.attributes["packline.image_id"], x.attributes["packline.attempt"]) for x in calls) == [

@@ -9,7 +9,18 @@ import pytest
 
 from services.credits import changes, handlers
 from services.credits.ledger import Ledger
-from shared.events import CreditsChanged, ImageSpec, PackAccepted, PackCancel, PackCancelled, PackCommandResult, Product, decode
+from shared.events import (
+    CreditsChanged,
+    ImageCompleted,
+    ImageFailed,
+    ImageSpec,
+    PackAccepted,
+    PackCancel,
+    PackCancelled,
+    PackCommandResult,
+    Product,
+    decode,
+)
 from shared.topics import Topics
 
 SPECS = [ImageSpec(image_id=k, kind=k, cost=1) for k in ("main", "detail", "scale")] + [
@@ -117,3 +128,23 @@ def test_the_cancel_handler_tells_generation_and_answers_the_api(ledger: Ledger)
     assert isinstance(reply, PackCommandResult) and (reply.outcome, reply.command_id) == ("accepted", command.event_id)
     refunds = [decode(m.value, (CreditsChanged,)) for m in out if m.topic == T.credits_events]
     assert sorted(r.amount for r in refunds) == [1, 1, 2]
+
+
+def test_a_batch_of_outcomes_in_one_transaction_ends_as_one_by_one(ledger: Ledger) -> None:
+    """The credits consumer applies a partition's batch of results in one transaction."""
+    one_by_one, batched = accept(ledger), accept(ledger)
+
+    def outcomes(pack_id: str) -> list[ImageCompleted | ImageFailed]:
+        ok = [ImageCompleted(pack_id=pack_id, user_id="alice", image_id=i, kind=i, attempts=1, url="u", cost=1)
+              for i in ("main", "scale")]
+        bad = ImageFailed(pack_id=pack_id, user_id="alice", image_id="detail", kind="detail", attempts=3, error="x",
+                          error_type="PermanentImageError", cost=1)
+        return [ok[0], bad, bad, ok[1], ok[0]]  # with repeats, as a redelivery brings them
+
+    singles = [m for ev in outcomes(one_by_one) for m in handlers.on_image_result(ev, ledger, T)]
+    together = handlers.on_image_results(outcomes(batched), ledger, T)
+    assert [m.topic for m in singles] == [m.topic for m in together]
+    a, b = ledger.pack(one_by_one), ledger.pack(batched)
+    assert a is not None and b is not None
+    assert (a.status, a.charged, [i.status for i in a.images]) == (b.status, b.charged, [i.status for i in b.images])
+    assert ledger.ledger_sum(one_by_one) == ledger.ledger_sum(batched) == -5 + 1

@@ -114,6 +114,7 @@ def test_a_batch_of_packs_sends_each_pack_s_messages_in_its_own_trace(spans: InM
         (str(first), FakeRecord("packs.requested", 0, 1, [("traceparent", PARENT.encode())])),
         (str(second), FakeRecord("packs.requested", 0, 2, [("traceparent", f"00-{other_trace}-{'2' * 16}-01".encode())])),
     ]
+    records.append((str(first), FakeRecord("packs.requested", 0, 3, [("traceparent", PARENT.encode())])))
     a, b = status(first), status(second)
     with tracing.per_pack(records):
         with tracing.span("ledger transaction", {"code.function.name": "on_packs_requested"}):
@@ -123,3 +124,19 @@ def test_a_batch_of_packs_sends_each_pack_s_messages_in_its_own_trace(spans: InM
     assert trace_of(a.headers) == TRACE and trace_of(b.headers) == other_trace
     ledger = [s for s in spans.get_finished_spans() if s.name == "ledger transaction"]
     assert sorted(f"{s.context.trace_id:032x}" for s in ledger) == sorted([TRACE, other_trace])
+    consumed = [s for s in spans.get_finished_spans() if s.name == "process packs.requested"]
+    assert sorted(s.attributes["messaging.kafka.offset"] for s in consumed if s.attributes) == [1, 2, 3]  # every record's span ends
+
+
+def test_a_record_handled_on_its_own_inside_a_batch_stays_in_its_own_trace(spans: InMemorySpanExporter) -> None:
+    first, second = uuid.uuid4(), uuid.uuid4()
+    other = f"00-{'1' * 32}-{'2' * 16}-01"
+    records = [(str(first), FakeRecord("packs.requested", 0, 1, [("traceparent", PARENT.encode())])),
+               (str(second), FakeRecord("packs.requested", 0, 2, [("traceparent", other.encode())]))]
+    b = status(second)
+    with tracing.per_pack(records), tracing.consumed(records[0][1]):
+        with tracing.span("ledger transaction"):
+            pass
+        tracing.inject(b.topic, b.value, b.headers)
+    assert trace_of(b.headers) == TRACE  # the record being handled, not the pack the message names
+    assert len([s for s in spans.get_finished_spans() if s.name == "ledger transaction"]) == 1
