@@ -9,12 +9,12 @@ the max over instances."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
@@ -120,8 +120,9 @@ class KafkaGauges:
         ends: dict[TopicPartition, int] = await offsets.end_offsets(tps)
         begins: dict[TopicPartition, int] = await offsets.beginning_offsets(tps)
         reading = KafkaReading()
-        for group, read in self.groups.items():
-            committed: dict[TopicPartition, Any] = await admin.list_consumer_group_offsets(group)
+        groups = list(self.groups.items())
+        offsets = await asyncio.gather(*(admin.list_consumer_group_offsets(group) for group, _ in groups))
+        for (group, read), committed in zip(groups, offsets, strict=True):
             for tp in (tp for tp in tps if tp.topic in read):
                 at = committed.get(tp)
                 # Never committed: the group starts from the beginning (auto_offset_reset=earliest).

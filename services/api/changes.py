@@ -18,10 +18,11 @@ from services.api.settings import Settings
 from shared.consumer import FeedReader, Record
 from shared.errors import BrokerUnavailable, InvalidMessage
 from shared.events import AplusKind, Decoder, ImageKind, PackCancel, PackCommandResult, PackRegenerate
+from shared.http import unprocessable
 from shared.kafka import KafkaConfig, Outgoing, Publisher
 
 router = APIRouter()
-STATUSES = {"not_found": 404, "conflict": 409, "insufficient_credits": 402, "unknown_images": 422}
+STATUSES = {"not_found": 404, "conflict": 409, "insufficient_credits": 402}
 
 
 class PackReplies(FeedReader):
@@ -113,6 +114,8 @@ async def _decide(
     except TimeoutError as exc:
         raise HTTPException(503, "credits has not answered yet; the change may still be applied: "
                                  "ask again (a cancel is answered as done once it is)", headers={"Retry-After": "5"}) from exc
+    if reply.outcome == "unknown_images":
+        raise unprocessable(["body", "images"], reply.message or reply.outcome)
     if reply.outcome != "accepted":
         raise HTTPException(STATUSES[reply.outcome], reply.message or reply.outcome)
     return reply

@@ -11,6 +11,7 @@ whatever the pack, so it is an operator's tool, not a reader's API."""
 
 from __future__ import annotations
 
+import asyncio
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -144,10 +145,8 @@ async def lag(s: CommonSettings) -> dict[str, Any]:
     await admin.start()
     try:
         names = sorted(str(g[0]) for g in await admin.list_consumer_groups() if str(g[0]).startswith(f"{s.topic_prefix}packline"))
-        groups: dict[str, list[str]] = {}
-        for group in names:
-            committed = await admin.list_consumer_group_offsets(group)
-            groups[group] = sorted({tp.topic for tp in committed})
+        offsets = await asyncio.gather(*(admin.list_consumer_group_offsets(group) for group in names))
+        groups = {group: sorted({tp.topic for tp in committed}) for group, committed in zip(names, offsets, strict=True)}
     finally:
         await admin.close()
     gauges = KafkaGauges(s.kafka, groups, dead_letters=s.topics.all())

@@ -18,7 +18,7 @@ from services.api.deps import PublisherDep, SettingsDep, caught_up
 from shared.consumer import FeedReader, Record
 from shared.errors import BrokerUnavailable, InvalidMessage
 from shared.events import Decoder, WebhookAttempted, WebhookEndpointDeleted, WebhookEndpointRegistered, WebhookEventType
-from shared.http import ApiKey, Scoped
+from shared.http import ApiKey, Scoped, unprocessable
 from shared.kafka import KafkaConfig, Outgoing
 from shared.topics import WEBHOOKS_ATTEMPTS
 from shared.webhook_endpoints import WebhookEndpoints
@@ -122,7 +122,7 @@ async def register(
     try:
         await asyncio.to_thread(check_target, body.url, AllowList.parse(settings.webhook_allowed_hosts))
     except TargetRefused as exc:
-        raise HTTPException(422, str(exc)) from exc
+        raise unprocessable(["body", "url"], str(exc)) from exc
     signing = settings.keyring.signing
     event = WebhookEndpointRegistered(
         endpoint_id=f"we_{_random.token_hex(8)}", user_id=key.user_id, url=body.url, events=body.events,

@@ -224,12 +224,11 @@ class Ledger:
             if img.charged:
                 moved = self.move(s, pack, img, img.cost, "refunded", f"refund:{pack_id}:{image_id}:{run}")
         img.charged = delivered
-        images = list(s.scalars(select(PackImage).where(PackImage.pack_id == pack_id)))
+        images = _images_of(s, pack_id)  # one read of the images serves the status and the view
         if all(i.status.finished for i in images):
             done = sum(i.status == ImageState.COMPLETED for i in images)
             pack.status = PackState.COMPLETED if done == len(images) else PackState.PARTIAL if done else PackState.FAILED
-        s.flush()
-        return self.view_of(s, pack, created=True, money_moved=moved)
+        return self.view_of(s, pack, created=True, money_moved=moved, images=images, balance=moved != 0)
 
     def reopen_image(self, pack_id: str, image_id: str, run: int) -> PackView | None:
         """An operator replays a dead-lettered image: it is pending again under a new run."""
@@ -273,12 +272,18 @@ class Ledger:
     def balance_in(self, s: Session, user_id: str) -> int:
         return int(s.scalar(select(Account.balance).where(Account.user_id == user_id)) or 0)
 
-    def view_of(self, s: Session, pack: Pack, created: bool = False, money_moved: int = 0) -> PackView:
-        images = list(s.scalars(select(PackImage).where(PackImage.pack_id == pack.pack_id).order_by(PackImage.image_id)))
+    def view_of(
+        self, s: Session, pack: Pack, created: bool = False, money_moved: int = 0, images: list[PackImage] | None = None,
+        balance: bool = True,
+    ) -> PackView:
+        """`images`: the pack's images, if just read (in image id order); `balance`: False when
+        nobody will be told the balance (no money moved), to spare a query."""
+        if images is None:
+            images = _images_of(s, pack.pack_id)
         charged = sum(i.cost for i in images if i.charged)
         return PackView(
             pack_id=pack.pack_id, user_id=pack.user_id, status=pack.status, cost=pack.cost, charged=charged,
-            reason=pack.reason, images=images, balance=self.balance_in(s, pack.user_id),
+            reason=pack.reason, images=images, balance=self.balance_in(s, pack.user_id) if balance else None,
             money_moved=money_moved, created=created,
         )
 
@@ -354,6 +359,10 @@ class LedgerAudit:
     packs: dict[str, AuditPack]
     entries: list[AuditEntry]
     accounts: list[AuditAccount]
+
+
+def _images_of(s: Session, pack_id: str) -> list[PackImage]:
+    return list(s.scalars(select(PackImage).where(PackImage.pack_id == pack_id).order_by(PackImage.image_id)))
 
 
 def _engine_args(url: str) -> dict[str, object]:

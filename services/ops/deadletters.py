@@ -20,11 +20,13 @@ from shared.settings import CommonSettings
 
 async def load_entries(s: CommonSettings) -> list[Entry]:
     """Read to their current ends: the three dead-letter topics and ops.audit."""
-    entries: list[Entry] = []
-    for topic, short in ((s.topics.images_dlq, "dlq"), (s.topics.invalid_dlq, "invalid"), (s.topics.webhooks_dlq, "webhook")):
-        entries += [entry_of(r, short) for r in await kafka_io.read_all(s.kafka, topic)]
-    entries = merge_copies(entries)
-    count_replays(entries, await kafka_io.read_events(s.kafka, s.topics.ops_audit, (DlqReplayed,)), s.dlq_max_replays)
+    topics = ((s.topics.images_dlq, "dlq"), (s.topics.invalid_dlq, "invalid"), (s.topics.webhooks_dlq, "webhook"))
+    *dead, replays = await asyncio.gather(  # each read is mostly waiting on the broker: all four at once
+        *(kafka_io.read_all(s.kafka, topic) for topic, _ in topics),
+        kafka_io.read_events(s.kafka, s.topics.ops_audit, (DlqReplayed,)),
+    )
+    entries = merge_copies([entry_of(r, short) for (_, short), records in zip(topics, dead, strict=True) for r in records])
+    count_replays(entries, replays, s.dlq_max_replays)
     return entries
 
 

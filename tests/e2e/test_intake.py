@@ -1,5 +1,5 @@
 """A 202 pack is visible at once, and another party's backlog does not delay its start:
-with 20,000 requests of other users queued on packs.requested, a seller's new pack answers
+with 5,000 requests of other users queued on packs.requested, a seller's new pack answers
 DRAFT at once and starts within the turns of the users ahead of it; the flood itself is
 processed to the end, each pack charged once."""
 
@@ -16,18 +16,19 @@ from shared.kafka import Outgoing, Publisher
 from tests.bench.intake_bench import FAST, flood_then_bystander
 from tests.harness import RunningStack
 
-# The flood is 20,000 packs through the whole pipeline: a few minutes.
+# The flood is 5,000 packs through the whole pipeline.
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(900)]
 
 
 async def test_a_new_pack_is_visible_at_once_and_starts_ahead_of_a_flood(kafka_bootstrap: str, tmp_path: Path) -> None:
     with RunningStack.started(kafka_bootstrap, tmp_path, **FAST) as s:
-        figures = await flood_then_bystander(s, requests=20_000, users=50, drain_timeout=600)
+        # 5,000 requests keep intake busy for tens of seconds here; `make bench-intake` runs 20,000.
+        figures = await flood_then_bystander(s, requests=5_000, users=50, drain_timeout=600)
         print("\n" + "\n".join(figures.lines()))
         assert figures.visible_status == "DRAFT" and figures.visible_ms < 1_000
         assert figures.processing_ms < 2_000
-        assert figures.flood_statuses == {"COMPLETED": 20_000}
-        # Each flooding user had 400 packs of one credit and 401 credits: one left means charged once each.
+        assert figures.flood_statuses == {"COMPLETED": 5_000}
+        # Each flooding user had 100 packs of one credit and 101 credits: one left means charged once each.
         assert await asyncio.gather(*(s.balance(u) for u in figures.flooders)) == [1] * 50
 
 

@@ -157,7 +157,7 @@ async def test_a_notifier_killed_while_writing_restarts_consistent(stack: Runnin
     history = History(3000, 20, 3, 4242)
     _, before = await edges(stack)
     burst = asyncio.create_task(fill(stack.kafka, stack.topics.packs_status, history))
-    db = next(stack.var_dir.glob("notifier-*.db"))
+    db = read_model_file(stack)
     deadline = asyncio.get_running_loop().time() + 120
     while (written := sum(_checkpoint(db).values())) < sum(before.values()) + 5000:
         # The burst may be all on Kafka by now (a busy machine): the notifier is still behind it.
@@ -205,13 +205,13 @@ async def test_the_rebuild_command_makes_the_same_read_model_from_what_kafka_hol
     assert str(rebuilt) in out.stdout
     await asyncio.sleep(0.5)  # the running notifier writes every 50 ms
     columns = "pack_id, user_id, status, seq, kafka_partition, last_offset, last_position, snapshot, seen, offsets"
-    running = _rows(next(stack.var_dir.glob("notifier-*.db")), columns)
+    running = _rows(read_model_file(stack), columns)
     fresh = _rows(rebuilt, columns)
     begins, _ = await edges(stack)
     kept = {p for p, row in running.items() if row[-1] and _first_offset(row) >= begins[int(str(row[3]))]}
     assert pack_id in kept and len(kept) > 3000
     assert {p: fresh[p] for p in kept} == {p: running[p] for p in kept}
-    assert _checkpoint(rebuilt) == _checkpoint(next(stack.var_dir.glob("notifier-*.db")))
+    assert _checkpoint(rebuilt) == _checkpoint(read_model_file(stack))
 
 
 def _rows(db: Path, columns: str) -> dict[str, tuple[Any, ...]]:
@@ -237,3 +237,8 @@ async def _first(s: RunningStack, pack_id: str, user: str, n: int) -> Any:
         got += 1
         if got == n:
             return
+
+
+def read_model_file(stack: RunningStack) -> Path:
+    """The notifier's pack read model (beside it: its statements file, notifier-<port>-statements.db)."""
+    return next(p for p in stack.var_dir.glob("notifier-*.db") if not p.name.endswith("-statements.db"))
