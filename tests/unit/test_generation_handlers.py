@@ -36,7 +36,8 @@ def test_tiers_cover_the_delay() -> None:
 
 def test_fan_out_makes_one_job_per_image_with_deterministic_ids() -> None:
     product = Product(name="Lamp", features=["warm light"], style="nordic")
-    accepted = PackAccepted(pack_id=uuid.uuid4(), user_id="a", product=product, images=plan_pack(["main", "scale"], APLUS_KINDS, 1, 2), cost=10)
+    specs = plan_pack(["main", "scale"], APLUS_KINDS, 1, 2)
+    accepted = PackAccepted(pack_id=uuid.uuid4(), user_id="a", product=product, images=specs, cost=10)
     out = handlers.fan_out(accepted, T)
     jobs = [decode(o.value) for o in out]
     assert [j.image_id for j in jobs] == ["main", "scale", "aplus_banner", "aplus_features", "aplus_comparison", "aplus_story"]  # type: ignore[attr-defined]
