@@ -17,12 +17,14 @@ import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable, Iterable, Sequence
-from typing import TYPE_CHECKING, Any, TypeAlias
+from typing import TYPE_CHECKING, Any, Generic, TypeAlias, TypeVar
 
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.structs import ConsumerRecord
 
 from shared.admin import partitions_of
+from shared.errors import InvalidMessage
+from shared.events import Decoder, Event
 from shared.kafka import KafkaConfig
 
 if TYPE_CHECKING:
@@ -190,6 +192,30 @@ class FeedReader(ConsumerLoop):
         for records in batches.values():
             self.handle(records)
         await self._check_ready()
+
+
+E = TypeVar("E", bound=Event)
+
+
+class EventFeed(FeedReader, Generic[E]):
+    """A FeedReader of one topic's events: each record decoded (one that cannot be is
+    `poisoned`) and given to `apply`, in order."""
+
+    def __init__(self, kafka: KafkaConfig, topic: str, client_id: str, accept: tuple[type[E], ...]) -> None:
+        super().__init__(kafka, topic, client_id)
+        self.decode = Decoder(accept)
+
+    def handle(self, records: list[Record]) -> None:
+        for record in records:
+            try:
+                event = self.decode(record.value)
+            except InvalidMessage as exc:
+                self.poisoned(record, exc)
+                continue
+            self.apply(event)
+
+    def apply(self, event: E) -> None:
+        raise NotImplementedError
 
 
 class OrderedConsumer(ConsumerLoop):

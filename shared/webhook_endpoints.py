@@ -10,9 +10,8 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from shared.consumer import FeedReader, Record
-from shared.errors import InvalidMessage
-from shared.events import Decoder, WebhookEndpointDeleted
+from shared.consumer import EventFeed
+from shared.events import WebhookEndpointDeleted
 from shared.kafka import KafkaConfig
 from shared.topics import WEBHOOKS_ENDPOINTS, WebhookEndpointRecord
 
@@ -70,17 +69,12 @@ class EndpointIndex:
         return [e for e in self.of_user(user_id) if event_type in e.events]
 
 
-class WebhookEndpoints(FeedReader):
+class WebhookEndpoints(EventFeed[WebhookEndpointRecord]):
     name = "webhook-endpoints"
 
     def __init__(self, kafka: KafkaConfig, topic: str, client_id: str) -> None:
-        super().__init__(kafka, topic, client_id)
+        super().__init__(kafka, topic, client_id, WEBHOOKS_ENDPOINTS.events)
         self.index = EndpointIndex()
-        self._decode = Decoder(WEBHOOKS_ENDPOINTS.events)
 
-    def handle(self, records: list[Record]) -> None:
-        for m in records:
-            try:
-                self.index.apply(self._decode(m.value))
-            except InvalidMessage as exc:
-                self.poisoned(m, exc)
+    def apply(self, event: WebhookEndpointRecord) -> None:
+        self.index.apply(event)

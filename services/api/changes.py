@@ -15,9 +15,9 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from services.api.deps import PublisherDep, SettingsDep, WriterKey, caught_up
 from services.api.settings import Settings
-from shared.consumer import FeedReader, Record
-from shared.errors import BrokerUnavailable, InvalidMessage
-from shared.events import AplusKind, Decoder, ImageKind, PackCancel, PackCommandResult, PackRegenerate
+from shared.consumer import EventFeed
+from shared.errors import BrokerUnavailable
+from shared.events import AplusKind, ImageKind, PackCancel, PackCommandResult, PackRegenerate
 from shared.http import unprocessable
 from shared.kafka import KafkaConfig, Outgoing, Publisher
 
@@ -25,26 +25,19 @@ router = APIRouter()
 STATUSES = {"not_found": 404, "conflict": 409, "insufficient_credits": 402}
 
 
-class PackReplies(FeedReader):
+class PackReplies(EventFeed[PackCommandResult]):
     """Credits' answers, matched to the commands this instance is waiting on."""
 
     name = "packs-replies"
 
     def __init__(self, kafka: KafkaConfig, topic: str) -> None:
-        super().__init__(kafka, topic, "packline-api-replies")
-        self.decode = Decoder((PackCommandResult,))
+        super().__init__(kafka, topic, "packline-api-replies", (PackCommandResult,))
         self.waiting: dict[str, asyncio.Future[PackCommandResult]] = {}
 
-    def handle(self, records: list[Record]) -> None:
-        for record in records:
-            try:
-                reply = self.decode(record.value)
-            except InvalidMessage as exc:
-                self.poisoned(record, exc)
-                continue
-            waiter = self.waiting.get(reply.command_id)
-            if waiter is not None and not waiter.done():
-                waiter.set_result(reply)
+    def apply(self, event: PackCommandResult) -> None:
+        waiter = self.waiting.get(event.command_id)
+        if waiter is not None and not waiter.done():
+            waiter.set_result(event)
 
     async def ask(self, publisher: Publisher, command: PackCancel | PackRegenerate, topic: str, timeout_s: float) -> PackCommandResult:
         """Send the command and wait for its answer (registered first: it cannot be missed)."""

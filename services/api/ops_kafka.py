@@ -20,7 +20,7 @@ from aiokafka import ConsumerRecord, TopicPartition
 from aiokafka.partitioner import murmur2
 
 from shared.admin import partitions_of
-from shared.consumer import FeedReader, Record
+from shared.consumer import EventFeed
 from shared.errors import InvalidMessage
 from shared.events import CreditsChanged, Decoder, ImageStatus, PackStatus, ProviderControl
 from shared.kafka import KafkaConfig
@@ -28,22 +28,17 @@ from shared.metrics import KafkaGauges
 from shared.settings import CommonSettings
 
 
-class ProviderSwitch(FeedReader):
+class ProviderSwitch(EventFeed[ProviderControl]):
     """The newest pause or resume on generation.control (None: never paused)."""
 
     name = "generation-control"
 
     def __init__(self, kafka: KafkaConfig, topic: str) -> None:
-        super().__init__(kafka, topic, "packline-api-control")
-        self.decode = Decoder((ProviderControl,))
+        super().__init__(kafka, topic, "packline-api-control", (ProviderControl,))
         self.latest: ProviderControl | None = None
 
-    def handle(self, records: list[Record]) -> None:
-        for record in records:
-            try:
-                self.latest = self.decode(record.value)
-            except InvalidMessage as exc:
-                self.poisoned(record, exc)
+    def apply(self, event: ProviderControl) -> None:
+        self.latest = event
 
 
 def partition_for(key: bytes, partitions: int) -> int:

@@ -15,9 +15,9 @@ from fastapi import APIRouter, Depends, HTTPException, Path, Request
 from pydantic import BaseModel, Field, field_validator
 
 from services.api.deps import PublisherDep, SettingsDep, caught_up
-from shared.consumer import FeedReader, Record
-from shared.errors import BrokerUnavailable, InvalidMessage
-from shared.events import Decoder, WebhookAttempted, WebhookEndpointDeleted, WebhookEndpointRegistered, WebhookEventType
+from shared.consumer import EventFeed
+from shared.errors import BrokerUnavailable
+from shared.events import WebhookAttempted, WebhookEndpointDeleted, WebhookEndpointRegistered, WebhookEventType
 from shared.http import ApiKey, Scoped, unprocessable
 from shared.kafka import KafkaConfig, Outgoing
 from shared.topics import WEBHOOKS_ATTEMPTS
@@ -29,22 +29,14 @@ router = APIRouter(prefix="/v1/webhooks", tags=["webhooks"])
 ATTEMPTS_KEPT = 100  # per endpoint, newest kept
 
 
-class AttemptLog(FeedReader):
+class AttemptLog(EventFeed[WebhookAttempted]):
     """`webhooks.attempts`, followed for ever: the last ATTEMPTS_KEPT attempts per endpoint."""
 
     name = "webhook-attempts"
 
     def __init__(self, kafka: KafkaConfig, topic: str) -> None:
-        super().__init__(kafka, topic, "packline-api-webhook-attempts")
+        super().__init__(kafka, topic, "packline-api-webhook-attempts", WEBHOOKS_ATTEMPTS.events)
         self.by_endpoint: dict[str, deque[dict[str, Any]]] = {}
-        self._decode = Decoder(WEBHOOKS_ATTEMPTS.events)
-
-    def handle(self, records: list[Record]) -> None:
-        for m in records:
-            try:
-                self.apply(self._decode(m.value))
-            except InvalidMessage as exc:
-                self.poisoned(m, exc)
 
     def apply(self, ev: WebhookAttempted) -> None:
         kept = self.by_endpoint.setdefault(ev.endpoint_id, deque(maxlen=ATTEMPTS_KEPT))

@@ -1,8 +1,8 @@
 """generation worker: fans accepted packs out to image jobs and runs them.
 
 Wiring only: logic in handlers.py, the job runner in jobs.py, the fair job scheduler that
-reads images.jobs in consumer.py (its pure parts in scheduling.py), retry tiers in retry.py,
-claims on images in flight in claims.py.
+reads images.jobs in consumer.py (its pure parts in scheduling.py), claims on images in flight
+in claims.py; the retry tiers' mover is shared with the webhook deliverer (shared/retry.py).
 """
 
 from __future__ import annotations
@@ -18,7 +18,6 @@ from services.generation.cancels import CancelFeed
 from services.generation.consumer import JobScheduler
 from services.generation.control import ControlFeed
 from services.generation.jobs import JobRunner
-from services.generation.retry import RetryForwarder
 from services.generation.scheduling import ProviderLimiter
 from services.generation.settings import Settings
 from shared.consumer import OrderedConsumer, Record
@@ -27,7 +26,8 @@ from shared.images import open_image_store
 from shared.kafka import Publisher
 from shared.metrics import KafkaGauges
 from shared.poison import DeadLetters
-from shared.topics import PACKS_ACCEPTED
+from shared.retry import RetryForwarder
+from shared.topics import IMAGES_JOBS, PACKS_ACCEPTED
 from shared.worker import Route, dispatch, every, worker_app
 
 
@@ -42,7 +42,8 @@ def build(settings: Settings) -> FastAPI:
         settings, runner, limiter, publisher, concurrency=settings.generation_concurrency,
         prefetch=settings.generation_prefetch, shutdown_grace_s=settings.generation_shutdown_grace_s,
     )
-    forwarder = RetryForwarder(settings.kafka, f"{settings.topic_prefix}packline-generation-retry", t, publisher)
+    forwarder = RetryForwarder(settings.kafka, f"{settings.topic_prefix}packline-generation-retry", t, publisher,
+                               tiers=t.retry_topics, target=IMAGES_JOBS)
     cancels = CancelFeed(settings.kafka, t.packs_cancelled, runner)
     cancels.dead_letters = DeadLetters(publisher, t)
     control = ControlFeed(settings.kafka, t.generation_control, limiter)

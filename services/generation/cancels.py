@@ -4,26 +4,18 @@ start) and tells its job runner, which stops the pack's work (jobs.py `cancel_pa
 from __future__ import annotations
 
 from services.generation.jobs import JobRunner
-from shared.consumer import FeedReader, Record
-from shared.errors import InvalidMessage
-from shared.events import Decoder, PackCancelled
+from shared.consumer import EventFeed
+from shared.events import PackCancelled
 from shared.kafka import KafkaConfig
 
 
-class CancelFeed(FeedReader):
+class CancelFeed(EventFeed[PackCancelled]):
     name = "packs-cancelled"
 
     def __init__(self, kafka: KafkaConfig, topic: str, runner: JobRunner) -> None:
-        super().__init__(kafka, topic, "packline-generation-cancels")
+        super().__init__(kafka, topic, "packline-generation-cancels", (PackCancelled,))
         self.runner = runner
-        self.decode = Decoder((PackCancelled,))
 
-    def handle(self, records: list[Record]) -> None:
-        for record in records:
-            try:
-                ev = self.decode(record.value)
-            except InvalidMessage as exc:
-                self.poisoned(record, exc)
-                continue
-            # Read back at start, a cancel was seen to when it was new: only the pack's jobs matter now.
-            self.runner.cancel_pack(str(ev.pack_id), ev.delivered, live=self.ready.is_set())
+    def apply(self, event: PackCancelled) -> None:
+        # Read back at start, a cancel was seen to when it was new: only the pack's jobs matter now.
+        self.runner.cancel_pack(str(event.pack_id), event.delivered, live=self.ready.is_set())

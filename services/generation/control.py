@@ -10,9 +10,8 @@ import logging
 from prometheus_client import Gauge
 
 from services.generation.scheduling import ProviderLimiter
-from shared.consumer import FeedReader, Record
-from shared.errors import InvalidMessage
-from shared.events import Decoder, ProviderControl
+from shared.consumer import EventFeed
+from shared.events import ProviderControl
 from shared.kafka import KafkaConfig
 
 log = logging.getLogger("packline.generation")
@@ -20,28 +19,22 @@ PAUSED = Gauge("packline_provider_paused", "1 while an operator has paused provi
 HELD = Gauge("packline_provider_held", "image jobs waiting for provider calls to be resumed")
 
 
-class ControlFeed(FeedReader):
+class ControlFeed(EventFeed[ProviderControl]):
     name = "generation-control"
 
     def __init__(self, kafka: KafkaConfig, topic: str, limiter: ProviderLimiter) -> None:
-        super().__init__(kafka, topic, "packline-generation-control")
+        super().__init__(kafka, topic, "packline-generation-control", (ProviderControl,))
         self.limiter = limiter
-        self.decode = Decoder((ProviderControl,))
         self.latest: ProviderControl | None = None
         HELD.set_function(lambda: limiter.held)
 
-    def handle(self, records: list[Record]) -> None:
-        for record in records:
-            try:
-                ev = self.decode(record.value)
-            except InvalidMessage as exc:
-                self.poisoned(record, exc)
-                continue
-            self.latest = ev
-            if ev.paused:
-                self.limiter.pause()
-            else:
-                self.limiter.resume()
-            PAUSED.set(1 if ev.paused else 0)
-            if self.ready.is_set():
-                log.warning("provider calls %s by %s: %s", "paused" if ev.paused else "resumed", ev.operator, ev.reason or "-")
+    def apply(self, event: ProviderControl) -> None:
+        self.latest = event
+        if event.paused:
+            self.limiter.pause()
+        else:
+            self.limiter.resume()
+        PAUSED.set(1 if event.paused else 0)
+        if self.ready.is_set():
+            log.warning("provider calls %s by %s: %s", "paused" if event.paused else "resumed", event.operator,
+                        event.reason or "-")

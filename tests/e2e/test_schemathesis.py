@@ -18,6 +18,7 @@ from tests.harness import RunningStack
 
 pytestmark = pytest.mark.e2e
 ST = str(Path(sys.executable).with_name("schemathesis"))
+CONFIG = Path(__file__).with_name("schemathesis.toml")
 CHECKS = "not_a_server_error,response_schema_conformance,negative_data_rejection,content_type_conformance"
 KEYS = ("account", "packs:write", "packs:read", "keys", "ops")
 
@@ -32,7 +33,7 @@ def key_of(stack: RunningStack, kind: str) -> str:
 async def fuzz(url: str, key: str, *extra: str) -> subprocess.CompletedProcess[str]:
     return await asyncio.to_thread(
         subprocess.run,
-        [ST, "run", f"{url}/openapi.json", "--checks", CHECKS, "--max-examples", "30", "--seed", "1",
+        [ST, "--config-file", str(CONFIG), "run", f"{url}/openapi.json", "--checks", CHECKS, "--max-examples", "30", "--seed", "1",
          "-H", f"Authorization: Bearer {key}", "--request-timeout", "20", *extra],
         capture_output=True, text=True, timeout=600,
     )

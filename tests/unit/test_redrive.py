@@ -8,9 +8,9 @@ import pytest
 from aiokafka.structs import ConsumerRecord
 
 from services.cli.redrive import Entry, count_replays, entry_of, merge_copies, replay_messages
-from services.generation.retry import BadHeader, due_at
 from shared.events import DlqReplayed, ImageJob
 from shared.kafka import failure_headers, header, invalid_message
+from shared.retry import BadHeader, due_at
 from shared.topics import Topics
 
 T = Topics("x.")

@@ -6,10 +6,12 @@ from __future__ import annotations
 
 from services.notifier.settings import Settings
 from services.notifier.state import Store
-from services.notifier.webhooks import dispatch, retry
+from services.notifier.webhooks import dispatch
 from services.notifier.webhooks.handlers import RetryPolicy
 from services.notifier.webhooks.sender import Sender
 from shared.kafka import Publisher
+from shared.retry import RetryForwarder
+from shared.topics import WEBHOOKS_DELIVERIES
 from shared.webhook_endpoints import WebhookEndpoints
 
 
@@ -24,8 +26,9 @@ class Webhooks:
             slots_per_endpoint=settings.webhook_slots_per_endpoint, backlog_per_endpoint=settings.webhook_backlog_per_endpoint,
             prefetch=settings.webhook_prefetch,
         )
-        self.retry = retry.WebhookRetryForwarder(
-            settings.kafka, retry.group_id(settings.topic_prefix), settings.topics, self.publisher,
+        self.retry = RetryForwarder(
+            settings.kafka, f"{settings.topic_prefix}packline-webhooks-retry", settings.topics, self.publisher,
+            tiers=settings.topics.webhook_retry_topics, target=WEBHOOKS_DELIVERIES,
         )
 
     async def start(self) -> None:

@@ -1,9 +1,11 @@
-"""Retry tiers: a plain aiokafka consumer (its own group) that moves due jobs from
-`images.retry.<tier>` back to `images.jobs`.
+"""Retry tiers: a plain aiokafka consumer (its own group) that moves due messages from the
+tier topics back to where they are worked on: image jobs to `images.jobs` (generation),
+webhook deliveries to `webhooks.deliveries` (the notifier's deliverer).
 
 A tier's partition is paused while its head message is not due, so waiting costs no
-handler and blocks nothing else; offsets are committed only after the job is back on
-`images.jobs`. Not an OrderedConsumer: a tier's wait is a pause, not a handler.
+handler and blocks nothing else; offsets are committed only after the message is back on
+its target. A malformed message (or `x-due-at`) leaves for `invalid.dlq` in its turn, and
+the messages around it move on. Not an OrderedConsumer: a tier's wait is a pause, not a handler.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Sequence
+from typing import Any
 
 from aiokafka import TopicPartition
 
@@ -18,22 +21,26 @@ from shared.consumer import ConsumerLoop, Rebalance, group_member
 from shared.errors import InvalidMessage
 from shared.events import decode
 from shared.kafka import KafkaConfig, Outgoing, Publisher, header, invalid_message
-from shared.topics import IMAGES_JOBS, Topics
+from shared.topics import Topics, TopicSpec
 
 log = logging.getLogger("packline.retry")
 
 
 class RetryForwarder(ConsumerLoop):
-    def __init__(self, kafka: KafkaConfig, group: str, topics: Topics, publisher: Publisher) -> None:
-        self.topics = topics
-        self.publisher = publisher
+    def __init__(
+        self, kafka: KafkaConfig, group: str, topics: Topics, publisher: Publisher, *,
+        tiers: Sequence[str], target: TopicSpec[Any],
+    ) -> None:
+        """Moves the messages of `tiers` to `target` (whose event types they must be) when due."""
+        self.kafka, self.group, self.topics, self.publisher = kafka, group, topics, publisher
+        self.tiers, self.target = list(tiers), target
+        self.name = f"retry[{topics.name(target)}]"
         self.waiting: dict[TopicPartition, int] = {}  # paused partition -> due time (epoch ms)
-        self.kafka, self.group = kafka, group
 
     async def start(self) -> None:
         self.consumer = group_member(self.kafka, self.group)
         await self.consumer.start()
-        self.consumer.subscribe(self.topics.retry_topics, listener=Rebalance(revoked=self._forget))
+        self.consumer.subscribe(self.tiers, listener=Rebalance(revoked=self._forget))
         self.spawn()
 
     async def _forget(self, revoked: list[TopicPartition]) -> None:
@@ -50,15 +57,15 @@ class RetryForwarder(ConsumerLoop):
                     self.consumer.resume(tp)
         wait_ms = min([500, *(max(0, d - now_ms) for d in self.waiting.values())])
         batches = await self.consumer.getmany(timeout_ms=max(wait_ms, 10))
+        target = self.topics.name(self.target)
         for tp, messages in batches.items():
             out: list[Outgoing] = []
             last = None
             for m in messages:
                 try:
                     due = due_at(m.headers)
-                    decode(m.value, IMAGES_JOBS.events)
+                    decode(m.value, self.target.events)
                 except InvalidMessage as exc:
-                    # A poison message leaves for invalid.dlq in its turn; the jobs around it move on.
                     log.warning("dead-lettering %s[%s]@%s: %s", m.topic, m.partition, m.offset, exc)
                     out.append(invalid_message(
                         self.topics, topic=m.topic, partition=m.partition, offset=m.offset, key=m.key, value=m.value,
@@ -72,7 +79,7 @@ class RetryForwarder(ConsumerLoop):
                     self.consumer.seek(tp, m.offset)
                     self.waiting[tp] = due
                     break
-                out.append(Outgoing(self.topics.images_jobs, m.value or b"", m.key or b"", list(m.headers)))
+                out.append(Outgoing(target, m.value or b"", m.key or b"", list(m.headers)))
                 last = m.offset
             if out and last is not None:
                 try:
