@@ -18,9 +18,9 @@ from datetime import datetime
 from typing import Any
 
 from shared.auth import KeyClaims
-from shared.consumer import FeedReader, Record
-from shared.errors import BrokerUnavailable, InvalidMessage
-from shared.events import Decoder, Event, KeyOldSecretUsed, NamedKeyCreated, NamedKeyRevoked, NamedKeyUsed
+from shared.consumer import EventFeed
+from shared.errors import BrokerUnavailable
+from shared.events import Event, KeyOldSecretUsed, NamedKeyCreated, NamedKeyRevoked, NamedKeyUsed
 from shared.kafka import KafkaConfig, Outgoing, Publisher
 from shared.revocations import Revocations
 from shared.topics import AUTH_KEYS, KeyRecord, Topics
@@ -83,23 +83,18 @@ class Registry:
         return entry.view(revocations, self.last_used.get(entry.key_id))
 
 
-class KeyRegistry(FeedReader):
+class KeyRegistry(EventFeed[KeyRecord]):
     """The api's copy of `auth.keys`, followed for ever (for `GET /v1/keys` and
     `DELETE /v1/keys/{id}`; never for verifying a key)."""
 
     name = "key-registry"
 
     def __init__(self, kafka: KafkaConfig, topic: str) -> None:
-        super().__init__(kafka, topic, "packline-key-registry")
+        super().__init__(kafka, topic, "packline-key-registry", AUTH_KEYS.events)
         self.registry = Registry()
-        self._decode = Decoder(AUTH_KEYS.events)
 
-    def handle(self, records: list[Record]) -> None:
-        for m in records:
-            try:
-                self.registry.apply(self._decode(m.value))
-            except InvalidMessage as exc:
-                self.poisoned(m, exc)
+    def apply(self, event: KeyRecord) -> None:
+        self.registry.apply(event)
 
 
 def created_messages(topics: Topics, ev: NamedKeyCreated) -> list[Outgoing]:

@@ -19,20 +19,19 @@ import time
 from collections.abc import Callable
 from datetime import datetime
 
-from shared.consumer import FeedReader, Record
-from shared.errors import InvalidMessage
-from shared.events import Decoder, KeyRevoked, NamedKeyRevoked
+from shared.consumer import EventFeed, Record
+from shared.events import KeyRevoked, NamedKeyRevoked
 from shared.kafka import KafkaConfig
 from shared.topics import AUTH_REVOCATIONS, Revocation
 
 log = logging.getLogger("packline.revocations")
 
 
-class Revocations(FeedReader):
+class Revocations(EventFeed[Revocation]):
     name = "revocations"
 
     def __init__(self, kafka: KafkaConfig, topic: str) -> None:
-        super().__init__(kafka, topic, "packline-revocations")
+        super().__init__(kafka, topic, "packline-revocations", AUTH_REVOCATIONS.events)
         self.min_generation: dict[str, int] = {}
         self.revoked_since: dict[str, datetime] = {}  # user -> when its newest user-wide revocation happened
         self.revoked_keys: set[str] = set()  # named key ids
@@ -40,7 +39,6 @@ class Revocations(FeedReader):
         self.records = 0
         self.started_at = time.monotonic()
         self.ready_after_s: float | None = None
-        self._decode = Decoder(AUTH_REVOCATIONS.events)
 
     async def start(self) -> None:
         self.started_at = time.monotonic()
@@ -65,13 +63,7 @@ class Revocations(FeedReader):
                 listener(ev.user_id)
 
     def handle(self, records: list[Record]) -> None:
-        for m in records:
-            try:
-                ev = self._decode(m.value)
-            except InvalidMessage as exc:
-                self.poisoned(m, exc)
-                continue
-            self.apply(ev)
+        super().handle(records)
         self.records += len(records)
 
     def on_ready(self) -> None:

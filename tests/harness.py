@@ -8,11 +8,12 @@ import json
 import os
 import subprocess
 import sys
+import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
 from aiokafka import TopicPartition
@@ -26,6 +27,9 @@ from shared.events import AccountCreate, BalanceQuery, CreditsBalance, ImageStat
 from shared.kafka import KafkaConfig, Outgoing
 from shared.settings import CommonSettings
 from shared.topics import Topics
+
+if TYPE_CHECKING:
+    from tests.fake_images_api import FakeImagesApi
 
 FAST_BACKEND = {"LOCAL_IMAGE_LATENCY_MS": "200", "RETRY_BASE_DELAY_S": "0.5", "RETRY_MAX_DELAY_S": "2"}
 OPERATOR = "ops-test"  # the user id of every stack's operator key
@@ -238,3 +242,26 @@ async def flood_revocations(stack: RunningStack, n: int) -> None:
     from tests.bench.revocations_bench import fill, records
 
     await fill(stack.kafka, stack.topics.auth_revocations, records(n, named_share=0.5, users=max(1, n // 2)))
+
+
+async def rebalance_mid_generation(s: RunningStack, fake: FakeImagesApi) -> None:
+    """A stack with generation-1 and generation-2 on the fake provider: generation-1 alone
+    starts all 60 images of 10 packs, each call hanging 15 s; generation-2 joins meanwhile
+    and the rebalance hands it jobs in flight. Every pack completes, the provider is paid
+    once per image, and generation-2 did wait on a claim (else the test proved nothing)."""
+    s.stack.stop("generation-2")  # generation-1 owns every partition now
+    fake.plan.extend([("hang", 15)] * 60)  # each of the first 60 calls takes 15 s
+    user = await s.create_user(credits=60)
+    packs = [(await s.post_pack(user)).json()["pack_id"] for _ in range(10)]
+    deadline = time.monotonic() + 60
+    while len(fake.requests) < 60:  # every image is at the provider
+        assert time.monotonic() < deadline, f"{len(fake.requests)} calls"
+        await asyncio.sleep(0.2)
+    s.stack.start("generation-2")  # a rebalance hands some partitions, and their unfinished jobs, over
+    await s.shares_settled(["generation-1", "generation-2"])
+    for pack_id in packs:
+        final = (await s.events(pack_id, user, timeout=120))[-1].json()
+        assert final["status"] == "COMPLETED" and final["charged"] == 6
+    assert len(fake.requests) == 60, "an image was paid for twice"
+    waited = sum(v for labels, v in await s.metric("generation-2", "packline_images_total") if "waiting_for_claim" in labels)
+    assert waited > 0, "generation-2 never took over a job in flight: the rebalance came too late to test anything"

@@ -4,6 +4,7 @@ token for one pack), the store once it has caught up with Kafka, and the caller'
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Annotated
 
@@ -13,7 +14,7 @@ from services.notifier import streams
 from services.notifier.consumer import StatusFeed
 from services.notifier.settings import Settings
 from services.notifier.state import PackView, Store
-from shared.auth import AuthError
+from shared.auth import AuthError, Keyring, StreamClaims
 from shared.http import ApiKey, KeyCheck, Scoped, from_state, not_ready, unauthorized
 
 Token = Annotated[str | None, Query(max_length=2000, description="stream token from POST /v1/packs")]
@@ -58,15 +59,7 @@ async def pack_caller(request: Request, pack_id: str, key: ReadKey, token: Token
     if key is not None:
         return Caller(key.user_id, key.generation, key.key_id)
     if token:
-        check = from_state(request, "keys", KeyCheck)
-        if not check.revocations.ready.is_set():
-            raise not_ready()
-        try:
-            claims = check.keyring.verify_stream_token(token, pack_id)
-        except AuthError as exc:
-            raise unauthorized(str(exc)) from exc
-        check.admit(claims.user_id, claims.generation, claims.key_id)
-        return Caller(claims.user_id, claims.generation, claims.key_id)
+        return _token_caller(request, lambda keyring: keyring.verify_stream_token(token, pack_id))
     raise unauthorized("missing bearer API key or stream token")
 
 
@@ -81,16 +74,22 @@ async def stream_caller(request: Request, key: ReadKey, token: UserToken = None)
     if key is not None:
         return Caller(key.user_id, key.generation, key.key_id)
     if token:
-        check = from_state(request, "keys", KeyCheck)
-        if not check.revocations.ready.is_set():
-            raise not_ready()
-        try:
-            claims = check.keyring.verify_user_stream_token(token)
-        except AuthError as exc:
-            raise unauthorized(str(exc)) from exc
-        check.admit(claims.user_id, claims.generation, claims.key_id)
-        return Caller(claims.user_id, claims.generation, claims.key_id)
+        return _token_caller(request, lambda keyring: keyring.verify_user_stream_token(token))
     raise unauthorized("missing bearer API key or user stream token")
+
+
+def _token_caller(request: Request, verify: Callable[[Keyring], StreamClaims]) -> Caller:
+    """The caller a stream token names, once its signature holds and its key is not revoked
+    (503 while the revocations are still being read, like any key)."""
+    check = from_state(request, "keys", KeyCheck)
+    if not check.revocations.ready.is_set():
+        raise not_ready()
+    try:
+        claims = verify(check.keyring)
+    except AuthError as exc:
+        raise unauthorized(str(exc)) from exc
+    check.admit(claims.user_id, claims.generation, claims.key_id)
+    return Caller(claims.user_id, claims.generation, claims.key_id)
 
 
 PackCaller = Annotated[Caller, Depends(pack_caller)]
