@@ -13,7 +13,7 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import httpx
 from aiokafka import TopicPartition
@@ -265,3 +265,18 @@ async def rebalance_mid_generation(s: RunningStack, fake: FakeImagesApi) -> None
     assert len(fake.requests) == 60, "an image was paid for twice"
     waited = sum(v for labels, v in await s.metric("generation-2", "packline_images_total") if "waiting_for_claim" in labels)
     assert waited > 0, "generation-2 never took over a job in flight: the rebalance came too late to test anything"
+
+
+async def results_applied(s: RunningStack, pack_id: str, image_ids: set[str], timeout: float = 60) -> None:
+    """Until credits has applied these images' results (committed past them on images.results):
+    only then are they before a cancel sent now in the pack's log, and so delivered."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while True:
+        mine = [r for r in await s.records(s.topics.images_results)
+                if (ev := decode(r.value)) and str(getattr(ev, "pack_id", "")) == pack_id
+                and getattr(ev, "image_id", None) in image_ids]
+        if {getattr(decode(r.value), "image_id", None) for r in mine} == image_ids:
+            break
+        assert asyncio.get_running_loop().time() < deadline, f"no results of {image_ids} yet"
+        await asyncio.sleep(0.2)
+    await s.consumed(f"{s.env['TOPIC_PREFIX']}packline-credits", cast(list[RecordMetadata], mine), timeout)

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.harness import RunningStack, restart
+from tests.harness import RunningStack, restart, results_applied
 
 pytestmark = pytest.mark.e2e
 
@@ -120,6 +120,7 @@ async def test_page_cancels_regenerates_and_finds_packs_again_after_a_reload(kaf
 
                 running = await submit(page, ["main", "packaging"])
                 await page.wait_for_selector("#card-main[data-status=COMPLETED]", timeout=60_000)
+                await results_applied(stack, running, {"main"})  # so `main` comes before the cancel in the pack's log
                 assert await page.is_visible("#cancel")
                 await page.click("#cancel")
                 await status_is(page, "CANCELLED")

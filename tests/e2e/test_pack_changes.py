@@ -19,7 +19,7 @@ from aiokafka.structs import RecordMetadata
 from services.generation.consumer import group_id
 from shared.events import ImageCompleted, PackCancel, PackRequested, Product, decode
 from shared.kafka import Outgoing
-from tests.harness import RunningStack, restart, run_cli
+from tests.harness import RunningStack, restart, results_applied, run_cli
 
 pytestmark = pytest.mark.e2e
 SLOW = {"LOCAL_IMAGE_LATENCY_MS": "60000", "LOCAL_IMAGE_LATENCY_BY_KIND": "main=100,detail=100"}
@@ -90,6 +90,7 @@ async def test_a_cancel_abandons_calls_in_flight_and_charges_what_was_delivered_
         # 1. Calls in flight are cancelled; the two images delivered before the cancel stay charged.
         pack_id = (await s.post_pack(user)).json()["pack_id"]
         await until_snapshot(s, pack_id, user, fast_done)
+        await results_applied(s, pack_id, {"main", "detail"})  # so both come before the cancel in the pack's log
         assert (await post(s, user, pack_id, "cancel")).status_code == 202
         final = (await s.events(pack_id, user))[-1].json()
         assert (final["status"], final["charged"], final["refunded"]) == ("CANCELLED", 2, 4)
@@ -112,6 +113,7 @@ async def test_a_cancel_abandons_calls_in_flight_and_charges_what_was_delivered_
         #    restarted process makes none of the pack's images.
         pack_id = (await s.post_pack(user)).json()["pack_id"]
         await until_snapshot(s, pack_id, user, fast_done)
+        await results_applied(s, pack_id, {"main", "detail"})  # so both come before the cancel in the pack's log
         cancelled = asyncio.create_task(post(s, user, pack_id, "cancel"))
         s.stack.signal("generation", signal.SIGKILL)
         assert (await cancelled).status_code == 202
