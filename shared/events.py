@@ -7,6 +7,7 @@ from these models (`packline schemas export`) and a test fails when they drift.
 
 from __future__ import annotations
 
+import functools
 import json
 import uuid
 from collections.abc import Callable
@@ -14,7 +15,7 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from functools import reduce
 from operator import or_
-from typing import Annotated, Any, ClassVar, Generic, Literal, TypeVar, overload
+from typing import Annotated, Any, ClassVar, Generic, Literal, TypeVar, cast, overload
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, TypeAdapter, ValidationError
 
@@ -556,7 +557,14 @@ def decode(raw: bytes | None) -> Event: ...
 def decode(raw: bytes | None, accept: tuple[type[E], ...]) -> E: ...
 def decode(raw: bytes | None, accept: tuple[type[Event], ...] | None = None) -> Event:
     """bytes -> the newest version of a typed event, or InvalidMessage with the reason.
-    With `accept` (a topic's event types), any other type is refused too."""
+    With `accept` (a topic's event types), any other type is refused too, and messages of
+    the newest versions take pydantic's JSON parser in one pass (`Decoder`)."""
+    if accept is not None:
+        return _decoder(accept)(raw)
+    return _decode(raw, accept)
+
+
+def _decode(raw: bytes | None, accept: tuple[type[Event], ...] | None) -> Event:
     if raw is None:
         raise InvalidMessage("empty message (tombstone)")
     try:
@@ -605,7 +613,12 @@ class Decoder(Generic[E]):
             else:
                 if isinstance(event, self.accept) and {"type", "version"} <= event.model_fields_set:
                     return event
-        return decode(raw, self.accept)
+        return cast(E, _decode(raw, self.accept))  # one of `accept`, or InvalidMessage
+
+
+@functools.cache
+def _decoder(accept: tuple[type[Event], ...]) -> Decoder[Event]:
+    return Decoder(accept)
 
 
 def _short(exc: ValidationError) -> str:

@@ -57,6 +57,10 @@ class CommonSettings(BaseSettings):
     webhook_allowed_hosts: str = ""
     log_format: Literal["json", "text"] = "text"  # LOG_FORMAT: json for one JSON object per line
     dlq_max_replays: int = Field(default=3, ge=1)  # DLQ_MAX_REPLAYS: replays of an image before its dead letter is parked
+    # PROCESS_NICE: the process's CPU niceness (0-19). On a host the edges share with the
+    # workers, niced workers leave the api and the notifier answering in milliseconds while
+    # the pipeline is saturated (`packline up` nices credits and generation, WORKER_NICE).
+    process_nice: int = Field(default=0, ge=0, le=19)
 
     @model_validator(mode="after")
     def _image_store(self) -> CommonSettings:

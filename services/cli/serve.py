@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
@@ -24,6 +25,8 @@ def serve(service: Annotated[str, typer.Argument(help="api | notifier | credits 
     if service not in SERVICES:
         raise typer.BadParameter(f"unknown service {service!r}; choose one of {', '.join(SERVICES)}")
     common = CommonSettings()
+    if common.process_nice:
+        os.nice(common.process_nice)
     configure_logging(common.log_format)
     create_topics(common)  # also the check that the cluster takes our settings: exit 2 if not
     tracing.configure(service)  # only when OTEL_* variables ask for an exporter

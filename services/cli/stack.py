@@ -14,6 +14,9 @@ from pathlib import Path
 import httpx
 
 SERVICES = ("credits", "generation", "api", "notifier")
+# Batch work runs niced on a shared host: under a saturating burst the edges (api, notifier)
+# still get the CPU they need to answer at once, and the workers take the rest.
+WORKER_NICE = "10"
 HEALTH_PORT_VARS = {"api": "API_PORT", "notifier": "NOTIFIER_PORT", "credits": "CREDITS_PORT", "generation": "GENERATION_PORT"}
 DEFAULT_PORTS = {"api": 8000, "notifier": 8001, "credits": 8002, "generation": 8003}
 # `packline up --instances N`: api-i and notifier-i listen on these plus i - 1; nginx on PROXY_PORT.
@@ -60,6 +63,8 @@ class Stack:
         for name in [service] if service else self.services:
             log = open(self.log_dir / f"{name}.log", "ab")
             env = {**self.env, HEALTH_PORT_VARS[kind(name)]: str(self.port(name))}
+            if kind(name) in ("credits", "generation"):
+                env.setdefault("PROCESS_NICE", self.env.get("WORKER_NICE", WORKER_NICE))
             self.procs[name] = subprocess.Popen(
                 [sys.executable, "-m", "services.cli", "serve", kind(name)],
                 env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from tests.bench.common import run_with_broker
+from tests.bench.hops import hop_times, print_hops
 from tests.bench.rawhttp import Connection, sse
 from tests.harness import RunningStack
 
@@ -175,11 +176,14 @@ async def bench(args: argparse.Namespace, bootstrap: str, work: Path) -> None:
         load = Load(s, users, args.connections)
         try:
             await load.open_streams()
-            await load.workload(20, rate=20)  # warm-up: connections, producers, first fetches
+            await load.workload(200, rate=50)  # warm-up: connections, producers, the broker's JIT
             if args.rate:
                 with cpu_of(pids) as used:
                     wall = await load.workload(int(args.rate * args.seconds), rate=args.rate)
                 report(f"{args.rate:g} packs/s for {args.seconds:g} s, {args.users} users", load, wall, used)
+                wall_clock = time.time() - time.perf_counter()
+                print_hops(await hop_times(s, {p: t + wall_clock for p, t in load.run.sent.items()},
+                                           {p: t + wall_clock for p, t in load.run.done.items()}))
             for burst in args.burst:
                 with cpu_of(pids) as used:
                     wall = await load.workload(burst, rate=None)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import uuid
 
 import httpx
@@ -56,6 +57,14 @@ async def test_pack_flows_draft_to_completed_and_is_charged_once(stack: RunningS
             assert (await client.get(img["url"], headers=stack.auth("someone-else"))).status_code == 404
     snap = await stack.snapshot(body["pack_id"], user)
     assert snap.status_code == 200 and snap.json()["status"] == "COMPLETED"
+
+
+async def test_the_workers_run_niced_and_the_edges_do_not(stack: RunningStack) -> None:
+    """Under a burst that saturates the host, the api and the notifier get the CPU first."""
+    base = os.getpriority(os.PRIO_PROCESS, 0)
+    nice = {name: os.getpriority(os.PRIO_PROCESS, proc.pid) - base for name, proc in stack.stack.procs.items()}
+    assert nice == {"credits": 10, "generation": 10, "api": 0, "notifier": 0}
+
 
 
 async def test_same_idempotency_key_with_other_body_is_409(stack: RunningStack) -> None:
