@@ -19,7 +19,7 @@ UV_DIR       := .cache/uv-$(UV_VERSION)
 UV           := $(UV_DIR)/bin/uv
 UV_COMPILE   := pip compile --quiet --python-version 3.11 --generate-hashes --custom-compile-command "make lock"
 
-.PHONY: setup system-deps lock kafka-jars s3proxy-jars asyncapi-parser kafka kafka-stop up demo test test-fast lint schemas bench-sse bench-api bench-pipeline bench-intake bench-notifier-start bench-revocations bench-load chaos chaos-cluster clean
+.PHONY: setup system-deps bench-deps lock kafka-jars s3proxy-jars asyncapi-parser kafka kafka-stop up demo test test-fast lint schemas bench-sse bench-api bench-pipeline bench-intake bench-notifier-start bench-revocations bench-load chaos chaos-cluster clean
 
 setup: $(PY_STAMP) $(JARS_STAMP) $(S3_JARS_STAMP)
 
@@ -83,6 +83,10 @@ demo: setup
 system-deps:
 	@if [ "$$(id -u)" = 0 ]; then deploy/system-deps.sh; else echo "not root: PostgreSQL, Chromium and nginx must be installed already"; fi
 
+# As root, wrk (the HTTP load generator of `make bench-api`; the suite does not use it) is installed if missing.
+bench-deps:
+	@if [ "$$(id -u)" = 0 ]; then deploy/system-deps.sh --bench; else echo "not root: wrk must be installed already"; fi
+
 # Two workers (pytest-xdist), a test file per worker at a time: most e2e time is spent waiting on
 # services and the broker, so two files in flight finish in about half the time.
 test: lint system-deps $(ASYNCAPI_STAMP)
@@ -101,7 +105,8 @@ schemas: setup
 bench-sse: setup
 	$(BIN)/python -m tests.bench.sse_bench
 
-bench-api: setup
+# wrk drives the api as fast as it answers; then an open-loop client of our own holds 500 requests/s.
+bench-api: setup bench-deps
 	$(BIN)/python -m tests.bench.api_bench
 
 # Images that take 300 ± 150 ms like a real model, then all six finishing at once (the worst case) and a burst.

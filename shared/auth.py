@@ -17,6 +17,7 @@ secret can be reported before that secret is dropped.
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
 import hmac
 import secrets as _random
@@ -224,6 +225,14 @@ def verify_user_stream_token(secrets: Sequence[str] | str, token: str, now: floa
     return claims
 
 
+@functools.lru_cache(maxsize=10_000)
+def _verified(secrets: tuple[str, ...], key: str) -> KeyClaims:
+    """`verify_api_key`, remembered for the keys in use (a key's claims never change;
+    revocation is checked apart, on every request). Only good keys are kept: an error is
+    not cached, so forged keys cannot crowd out real ones."""
+    return verify_api_key(secrets, key)
+
+
 @dataclass(frozen=True)
 class Keyring:
     """The secrets in force: the first signs, every one verifies."""
@@ -239,7 +248,7 @@ class Keyring:
         return self.secrets[0]
 
     def verify_key(self, key: str) -> KeyClaims:
-        return verify_api_key(self.secrets, key)
+        return _verified(self.secrets, key)
 
     def verify_stream_token(self, token: str, pack_id: str, now: float | None = None) -> StreamClaims:
         return verify_stream_token(self.secrets, token, pack_id, now)

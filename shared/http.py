@@ -55,25 +55,32 @@ class KeyCheck:
         if not self.revocations.allows(user_id, generation, key_id):
             raise unauthorized("API key revoked")
 
+    def bearer(self, authorization: str) -> ApiKey | None:
+        """The key of an `Authorization` header's value, verified and not revoked; None
+        when it names no Bearer key. A bad, forged or revoked key is a 401; any key before
+        the revocations are read, a 503."""
+        scheme, _, token = authorization.partition(" ")
+        if scheme.lower() != "bearer" or not token.strip():
+            return None
+        if not self.revocations.ready.is_set():
+            raise not_ready()
+        try:
+            key = self.keyring.verify_key(token.strip())
+        except AuthError as exc:
+            raise unauthorized(str(exc)) from exc
+        self.admit(key.user_id, key.generation, key.key_id)
+        if self.usage is not None:
+            self.usage.seen(key)
+        return key
+
 
 async def bearer_key(request: Request) -> ApiKey | None:
-    """The request's Bearer API key, verified and not revoked; None when it has none.
-    A bad, forged or revoked key is a 401; any key before the revocations are read, a 503.
-    (Async: it runs on the event loop, where the revocations change and usage is reported.)"""
-    scheme, _, token = request.headers.get("authorization", "").partition(" ")
-    if scheme.lower() != "bearer" or not token.strip():
+    """The request's Bearer API key (`KeyCheck.bearer`). (Async: it runs on the event loop,
+    where the revocations change and usage is reported.)"""
+    authorization = request.headers.get("authorization", "")
+    if not authorization:
         return None
-    check = from_state(request, "keys", KeyCheck)
-    if not check.revocations.ready.is_set():
-        raise not_ready()
-    try:
-        key = check.keyring.verify_key(token.strip())
-    except AuthError as exc:
-        raise unauthorized(str(exc)) from exc
-    check.admit(key.user_id, key.generation, key.key_id)
-    if check.usage is not None:
-        check.usage.seen(key)
-    return key
+    return from_state(request, "keys", KeyCheck).bearer(authorization)
 
 
 async def required_key(key: Annotated[ApiKey | None, Depends(bearer_key)]) -> ApiKey:

@@ -1,4 +1,5 @@
-"""Where finished images live, and the one module that knows how they are stored.
+"""Where finished images live, and how they are stored (the interface both stores share is
+in shared/image_store.py).
 
 One layout in two kinds of store (`IMAGE_STORE`): a local directory (the default,
 `VAR_DIR/images`) or an S3-compatible bucket (`s3://bucket/prefix`):
@@ -11,23 +12,29 @@ One layout in two kinds of store (`IMAGE_STORE`): a local directory (the default
     <root>/<pack_id>/.<image_id>.claim  during a hand-over: what services/generation/claims.py
                                         puts there (this module only stores the bytes)
 
-Generation writes; the api reads. Every method is async: the local store and boto3 (which
-is blocking) run in threads."""
+Generation writes; the api reads. Every method is async: boto3 (which is blocking) runs in
+threads, and so does the local store, but for its small files (LocalImageStore)."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
-import json
+import itertools
 import os
-import re
 import uuid
-from abc import ABC, abstractmethod
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
+
+from shared.image_store import CHUNK as CHUNK
+from shared.image_store import JSON as JSON
+from shared.image_store import PNG as PNG
+from shared.image_store import ImageStore as ImageStore
+from shared.image_store import StoredImage as StoredImage
+from shared.image_store import check as check
+from shared.image_store import read_chunks
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
@@ -35,134 +42,28 @@ if TYPE_CHECKING:
     from shared.settings import CommonSettings
 
 T = TypeVar("T")
-SAFE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
-CHUNK = 64 * 1024
-PNG = "image/png"
-
-
-def check(pack_id: str, image_id: str) -> None:
-    """Ids become path segments and object keys: refuse anything but plain names."""
-    if not SAFE.match(image_id) or not SAFE.match(pack_id.replace("-", "_")):
-        raise ValueError(f"unsafe image path {pack_id}/{image_id}")
-
-
-def _nothing() -> None:
-    pass
-
-
-@dataclass
-class StoredImage:
-    """An image the api may serve: its bytes arrive in chunks as the client reads them.
-    `etag` (quoted, strong) changes whenever the stored bytes do; `release` frees what
-    `chunks` would have closed, for an image that is not read after all (a 304)."""
-
-    content_type: str
-    length: int
-    chunks: AsyncIterator[bytes]
-    etag: str = ""
-    release: Callable[[], None] = _nothing
-
-
-class ImageStore(ABC):
-    def __init__(self, public_url: str) -> None:
-        self.public_url = public_url.rstrip("/")
-
-    def url(self, pack_id: str, image_id: str) -> str:
-        """Where clients fetch the image: always the api, whatever the store."""
-        return f"{self.public_url}/v1/images/{pack_id}/{image_id}"
-
-    async def finished(self, pack_id: str, image_id: str) -> int | None:
-        """The attempt that made this image, if it exists: its marker is written last."""
-        check(pack_id, image_id)
-        raw = await self._get(pack_id, f"{image_id}.json")
-        try:
-            return None if raw is None else int(json.loads(raw)["attempt"])
-        except (ValueError, KeyError, TypeError):
-            return None
-
-    async def save(self, pack_id: str, image_id: str, user_id: str, data: bytes, attempt: int) -> None:
-        check(pack_id, image_id)
-        if await self._get(pack_id, "meta.json") is None:  # the owner, so the api can refuse everyone else
-            await self._put(pack_id, "meta.json", json.dumps({"pack_id": pack_id, "user_id": user_id}).encode(), "application/json")
-        await self._put(pack_id, f"{image_id}.png", data, PNG)
-        await self._put(pack_id, f"{image_id}.json", json.dumps({"attempt": attempt}).encode(), "application/json")
-
-    async def open_owned(self, pack_id: str, image_id: str, user_id: str) -> StoredImage | None:
-        """The image if it exists and `user_id` owns its pack (else None: someone else's image
-        is indistinguishable from a missing one)."""
-        try:
-            check(pack_id, image_id)
-        except ValueError:
-            return None
-        return await self._open(pack_id, f"{image_id}.png") if await self.owner(pack_id) == user_id else None
-
-    async def delivered(self, pack_id: str) -> list[str]:
-        """The ids of the pack's finished images (those whose attempt marker exists: it is
-        written last), in order; [] for a pack with none, or an unsafe id."""
-        try:
-            check(pack_id, "meta")
-        except ValueError:
-            return []
-        names = await self._list(pack_id)
-        return sorted(n[:-5] for n in names if n.endswith(".json") and n != "meta.json" and SAFE.match(n[:-5]))
-
-    async def discard(self, pack_id: str, image_id: str) -> None:
-        """Remove an image that must not be delivered (made after its pack was cancelled):
-        its marker first, so that it is never seen as finished without its bytes."""
-        check(pack_id, image_id)
-        await self._delete(pack_id, f"{image_id}.json")
-        await self._delete(pack_id, f"{image_id}.png")
-
-    async def owner(self, pack_id: str) -> str | None:
-        """Who owns the pack's images (None: no image stored yet, or an unsafe id)."""
-        try:
-            check(pack_id, "meta")
-            raw = await self._get(pack_id, "meta.json")
-            return None if raw is None else str(json.loads(raw)["user_id"])
-        except (ValueError, KeyError, TypeError):
-            return None
-
-    # Claims: the bytes only; their meaning is generation's (services/generation/claims.py).
-    async def put_claim(self, pack_id: str, image_id: str, data: bytes) -> None:
-        check(pack_id, image_id)
-        await self._put(pack_id, f".{image_id}.claim", data, "application/json")
-
-    async def get_claim(self, pack_id: str, image_id: str) -> bytes | None:
-        check(pack_id, image_id)
-        return await self._get(pack_id, f".{image_id}.claim")
-
-    async def delete_claim(self, pack_id: str, image_id: str) -> None:
-        check(pack_id, image_id)
-        await self._delete(pack_id, f".{image_id}.claim")
-
-    @abstractmethod
-    def describe(self, pack_id: str) -> str:
-        """Where a pack's images are, for people (a directory or an s3:// address)."""
-
-    @abstractmethod
-    async def _get(self, pack_id: str, name: str) -> bytes | None: ...
-
-    @abstractmethod
-    async def _put(self, pack_id: str, name: str, data: bytes, content_type: str) -> None: ...
-
-    @abstractmethod
-    async def _delete(self, pack_id: str, name: str) -> None: ...
-
-    @abstractmethod
-    async def _open(self, pack_id: str, name: str) -> StoredImage | None: ...
-
-    @abstractmethod
-    async def _list(self, pack_id: str) -> list[str]:
-        """The names stored under the pack (not recursive)."""
+INLINE_BYTES = 256 * 1024  # LocalImageStore: writes up to this size are made on the event loop
+_TMP = itertools.count()  # temporary file names: unique per process without a random draw per write
+_RUN = uuid.uuid4().hex[:8]
 
 
 class LocalImageStore(ImageStore):
     """A directory, shared by every generation process and the api (one host, or a shared
-    file system)."""
+    file system).
 
-    def __init__(self, root: Path, public_url: str) -> None:
+    Reads of the small files and writes of up to `inline_bytes` are made on the event loop
+    itself: on a local disk their system calls take microseconds, less than a hop to a
+    thread and back (the pool's wake-ups and the GIL handed over both ways), which under a
+    burst cost generation more CPU than the files. Larger writes, listings and served
+    images go to threads; `inline_bytes=0` sends everything there (a slow shared file system)."""
+
+    def __init__(self, root: Path, public_url: str, inline_bytes: int = INLINE_BYTES) -> None:
         super().__init__(public_url)
-        self.root = root
+        self.root, self.inline_bytes = root, inline_bytes
+        self._root = os.fspath(root)
+
+    async def _io(self, size: int, fn: Callable[..., T], /, *args: Any) -> T:
+        return fn(*args) if size <= self.inline_bytes else await asyncio.to_thread(fn, *args)
 
     def path(self, pack_id: str, name: str) -> Path:
         return self.root / pack_id / name
@@ -170,17 +71,29 @@ class LocalImageStore(ImageStore):
     def describe(self, pack_id: str) -> str:
         return str(self.root / pack_id)
 
+    def _file(self, pack_id: str, name: str) -> str:
+        return os.path.join(self._root, pack_id, name)  # a string: a Path costs more per file than its I/O
+
     async def _get(self, pack_id: str, name: str) -> bytes | None:
-        try:
-            return await asyncio.to_thread(self.path(pack_id, name).read_bytes)
-        except FileNotFoundError:
-            return None
+        return await self._io(0 if self.inline_bytes else 1, _read, self._file(pack_id, name))  # only small files
 
     async def _put(self, pack_id: str, name: str, data: bytes, content_type: str) -> None:
-        await asyncio.to_thread(atomic_write, self.path(pack_id, name), data)
+        await self._io(len(data), atomic_write, self._file(pack_id, name), data)
+
+    async def _put_many(self, pack_id: str, files: list[tuple[str, bytes, str]], meta: bytes | None,
+                        drop: str | None) -> None:
+        await self._io(sum(len(f[1]) for f in files), self._write_all, pack_id, files, meta, drop)  # one step
+
+    def _write_all(self, pack_id: str, files: list[tuple[str, bytes, str]], meta: bytes | None, drop: str | None) -> None:
+        if meta is not None and not os.path.exists(owner := self._file(pack_id, "meta.json")):
+            atomic_write(owner, meta)
+        for name, data, _type in files:
+            atomic_write(self._file(pack_id, name), data)
+        if drop is not None:
+            _unlink(self._file(pack_id, drop))
 
     async def _delete(self, pack_id: str, name: str) -> None:
-        await asyncio.to_thread(self.path(pack_id, name).unlink, missing_ok=True)
+        await self._io(0 if self.inline_bytes else 1, _unlink, self._file(pack_id, name))
 
     async def _open(self, pack_id: str, name: str) -> StoredImage | None:
         try:
@@ -191,7 +104,7 @@ class LocalImageStore(ImageStore):
         # A file is only ever replaced whole (renamed into place): inode, mtime and size of
         # the open file name its bytes, without reading them.
         etag = f'"{st.st_ino:x}-{st.st_mtime_ns:x}-{st.st_size:x}"'
-        return StoredImage(PNG, st.st_size, _chunks(asyncio.to_thread, fh.read, fh.close), etag, fh.close)
+        return StoredImage(PNG, st.st_size, read_chunks(asyncio.to_thread, fh.read, fh.close), etag, fh.close)
 
     async def _list(self, pack_id: str) -> list[str]:
         def names() -> list[str]:
@@ -252,7 +165,7 @@ class S3ImageStore(ImageStore):
         if obj is None:
             return None
         body = obj["Body"]
-        return StoredImage(obj.get("ContentType") or PNG, int(obj["ContentLength"]), _chunks(self._call, body.read, body.close),
+        return StoredImage(obj.get("ContentType") or PNG, int(obj["ContentLength"]), read_chunks(self._call, body.read, body.close),
                            str(obj.get("ETag") or ""), body.close)
 
     async def _list(self, pack_id: str) -> list[str]:
@@ -264,15 +177,6 @@ class S3ImageStore(ImageStore):
             return found
 
         return await self._call(names)
-
-
-async def _chunks(run: Callable[..., Any], read: Callable[[int], bytes], close: Callable[[], None]) -> AsyncIterator[bytes]:
-    """`read` in `run`'s threads until it returns nothing, then `close`."""
-    try:
-        while chunk := await run(read, CHUNK):
-            yield chunk
-    finally:
-        close()
 
 
 def s3_client(endpoint_url: str | None, region: str | None, access_key: str | None = None,
@@ -312,8 +216,29 @@ def open_image_store(settings: CommonSettings, pool: int = 64) -> ImageStore:
     return LocalImageStore(Path(where) if where else settings.images_dir, settings.api_public_url)
 
 
-def atomic_write(target: Path, data: bytes) -> None:
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(f".{target.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
-    tmp.write_bytes(data)
+def atomic_write(target: Path | str, data: bytes) -> None:
+    """`target` holds `data` whole or is untouched: a temporary file renamed into place.
+    Its directory is made when missing (once per pack, not before every write)."""
+    folder, name = os.path.split(os.fspath(target))
+    tmp = os.path.join(folder, f".{name}.{os.getpid()}.{_RUN}.{next(_TMP)}.tmp")
+    try:
+        fh = open(tmp, "wb")
+    except FileNotFoundError:
+        os.makedirs(folder, exist_ok=True)
+        fh = open(tmp, "wb")
+    with fh:
+        fh.write(data)
     os.replace(tmp, target)
+
+
+def _read(path: str) -> bytes | None:
+    try:
+        with open(path, "rb") as fh:
+            return fh.read()
+    except FileNotFoundError:
+        return None
+
+
+def _unlink(path: str) -> None:
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(path)

@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
-from fastapi import FastAPI, Request, Response
+from fastapi import FastAPI
 from fastapi.responses import JSONResponse
+from fastapi.routing import APIRoute
 from starlette.middleware.cors import CORSMiddleware
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from services.api import asyncapi, changes, keys, ops, ops_kafka, reads, webhooks
 from services.api.coordination import ApiInstances, IdempotencyFeed
 from services.api.limits import RateLimiter
+from services.api.packs import PackFastPath
 from services.api.routes import router
 from services.api.settings import Settings
 from shared.http import KeyCheck, health_router
@@ -90,14 +93,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.webhook_endpoints, app.state.webhook_attempts = endpoints, attempts
     app.state.replies = replies
     app.state.provider_switch = switch
+    pack_route = next(r for r in router.routes if isinstance(r, APIRoute) and r.path == "/v1/packs")
+    app.add_middleware(PackFastPath, route=pack_route)  # innermost of ours: CORS, the body limit and metrics apply
     app.add_middleware(CORSMiddleware, allow_origins=[settings.notifier_public_url.rstrip("/")], allow_headers=["*"], allow_methods=["*"])
 
-    @app.middleware("http")
-    async def limit_body(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
-        length = request.headers.get("content-length")
-        if length and length.isdigit() and int(length) > settings.max_body_bytes:
-            return JSONResponse({"detail": f"body larger than {settings.max_body_bytes} bytes"}, status_code=413)
-        return await call_next(request)
+    app.add_middleware(LimitBody, max_bytes=settings.max_body_bytes)
 
     app.include_router(health_router("api", readiness))
     app.include_router(router)
@@ -109,3 +109,21 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(ops.router)
     app.add_middleware(ObserveHttp, service="api")  # outermost: spans and durations cover everything above
     return app
+
+
+class LimitBody:
+    """413 for a request whose Content-Length is over `max_bytes`, before anything reads
+    it. Plain ASGI: starlette's BaseHTTPMiddleware (`@app.middleware`) runs the rest of
+    the app in a task of its own and copies every response through a stream."""
+
+    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+        self.app, self.max_bytes = app, max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            length = next((v for k, v in scope["headers"] if k == b"content-length"), b"")
+            if length.isdigit() and int(length) > self.max_bytes:
+                response = JSONResponse({"detail": f"body larger than {self.max_bytes} bytes"}, status_code=413)
+                await response(scope, receive, send)
+                return
+        await self.app(scope, receive, send)

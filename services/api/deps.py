@@ -1,9 +1,11 @@
 """Request dependencies: settings, the publisher, the authenticated user and the scope
-each endpoint needs, the key registry."""
+each endpoint needs, the key registry. All `async def`, though none awaits: FastAPI runs
+a plain `def` dependency in a worker thread, a thread hop per dependency per request."""
 
 from __future__ import annotations
 
 import asyncio
+from dataclasses import dataclass
 from typing import Annotated, Protocol, TypeVar
 
 from fastapi import Depends, Request
@@ -17,11 +19,11 @@ from shared.kafka import Publisher
 from shared.keys import KeyRegistry
 
 
-def get_settings(request: Request) -> Settings:
+async def get_settings(request: Request) -> Settings:
     return from_state(request, "settings", Settings)
 
 
-def get_publisher(request: Request) -> Publisher:
+async def get_publisher(request: Request) -> Publisher:
     return from_state(request, "publisher", Publisher)
 
 
@@ -43,21 +45,21 @@ def _caught_up(request: Request, name: str, kind: type[F], what: str) -> F:
 caught_up = _caught_up  # for the routers of other modules (services/api/webhooks.py)
 
 
-def get_limiter(request: Request) -> RateLimiter:
+async def get_limiter(request: Request) -> RateLimiter:
     return from_state(request, "limiter", RateLimiter)
 
 
-def get_idempotency(request: Request) -> IdempotencyFeed:
+async def get_idempotency(request: Request) -> IdempotencyFeed:
     """The idempotency index, once read to its end (before that, a key's first body is unknown)."""
     return _caught_up(request, "idempotency", IdempotencyFeed, "the idempotency keys")
 
 
-def get_instances(request: Request) -> ApiInstances:
+async def get_instances(request: Request) -> ApiInstances:
     """The live api instances, once read to the end (before that, this instance's share is unknown)."""
     return _caught_up(request, "instances", ApiInstances, "the api instances")
 
 
-def get_images(request: Request) -> ImageStore:
+async def get_images(request: Request) -> ImageStore:
     """The image store (shared/images.py: a directory or S3). Checked inline: from_state
     takes a concrete class, and ImageStore is the interface."""
     images = getattr(request.app.state, "images", None)
@@ -66,24 +68,47 @@ def get_images(request: Request) -> ImageStore:
     return images
 
 
-def current_user(key: CurrentKey) -> str:
+async def current_user(key: CurrentKey) -> str:
     return key.user_id
 
 
-def reader(key: Annotated[ApiKey, Depends(Scoped("packs:read"))]) -> str:
+async def reader(key: Annotated[ApiKey, Depends(Scoped("packs:read"))]) -> str:
     return key.user_id
 
 
-def get_key_check(request: Request) -> KeyCheck:
+async def get_key_check(request: Request) -> KeyCheck:
     return from_state(request, "keys", KeyCheck)
 
 
-def get_registry(request: Request) -> KeyRegistry:
+async def get_registry(request: Request) -> KeyRegistry:
     """The key registry, once read to its end (before that, a listing would miss keys)."""
     return _caught_up(request, "registry", KeyRegistry, "the key registry")
 
 
+@dataclass(frozen=True)
+class PackIntake:
+    """What `POST /v1/packs` needs, as one dependency: FastAPI's cost is per dependency,
+    and this is the api's hottest path. Fails as the separate ones would, in their order."""
+
+    settings: Settings
+    publisher: Publisher
+    limiter: RateLimiter
+    idempotency: IdempotencyFeed
+    instances: ApiInstances
+    check: KeyCheck
+
+
+async def get_pack_intake(request: Request) -> PackIntake:
+    return PackIntake(
+        from_state(request, "settings", Settings), from_state(request, "publisher", Publisher),
+        from_state(request, "limiter", RateLimiter),
+        _caught_up(request, "idempotency", IdempotencyFeed, "the idempotency keys"),
+        _caught_up(request, "instances", ApiInstances, "the api instances"), from_state(request, "keys", KeyCheck),
+    )
+
+
 SettingsDep = Annotated[Settings, Depends(get_settings)]
+PackIntakeDep = Annotated[PackIntake, Depends(get_pack_intake)]
 PublisherDep = Annotated[Publisher, Depends(get_publisher)]
 LimiterDep = Annotated[RateLimiter, Depends(get_limiter)]
 IdempotencyDep = Annotated[IdempotencyFeed, Depends(get_idempotency)]

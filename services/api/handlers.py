@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import uuid
@@ -9,7 +10,7 @@ from typing import Annotated, NamedTuple
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from shared.events import APLUS_KINDS, LISTING_KINDS, AplusKind, ImageKind, PackRequested, PackStatus, Product, stable_id
+from shared.events import APLUS_KINDS, LISTING_KINDS, AplusKind, ImageKind, ImageSpec, PackRequested, PackStatus, Product, stable_id
 from shared.pricing import draft, pack_cost, plan_pack
 
 
@@ -79,5 +80,11 @@ def build_request(
         pack_id=pack_id_for(user_id, idempotency_key), user_id=user_id, product=body.product,
         images=images, aplus=body.aplus_modules(), idempotency_key=idempotency_key, request_hash=digest, source="api",
     )
-    specs = plan_pack(images, event.aplus, price_listing, price_aplus)
+    specs = _plan(tuple(images), tuple(event.aplus), price_listing, price_aplus)
     return Request(event, pack_cost(specs), digest, draft(event, specs))
+
+
+@functools.lru_cache(maxsize=1024)
+def _plan(images: tuple[str, ...], aplus: tuple[str, ...], price_listing: int, price_aplus: int) -> tuple[ImageSpec, ...]:
+    """`plan_pack`, once per distinct choice of images: there are few, and every request makes one."""
+    return tuple(plan_pack(images, aplus, price_listing, price_aplus))

@@ -13,70 +13,22 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, cast
 
-from sqlalchemy import (
-    CursorResult,
-    create_engine,
-    event,
-    func,
-    select,
-    text,
-    update,
-)
+from sqlalchemy import create_engine, event, func, select, text, update
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
+from services.credits import batch
+from services.credits.batch import ImageOutcome as ImageOutcome
+from services.credits.batch import ImageRow as ImageRow
+from services.credits.batch import PackOrder as PackOrder
+from services.credits.batch import PackView as PackView
 from services.credits.tables import Account, LedgerEntry, Pack, PackImage, now
 from shared.errors import UnknownAccount
 from shared.events import ImageSpec, ImageState, MoneyReason, PackState
 
 MIGRATIONS = Path(__file__).parent / "migrations"
-
-
-@dataclass(frozen=True)
-class PackOrder:
-    """A pack request as the ledger takes it: what to charge, or why to refuse it."""
-
-    pack_id: str
-    user_id: str
-    specs: list[ImageSpec]
-    accepted_event: str | None = None  # kept to drive the pack again if it stalls
-    refusal: str | None = None
-
-
-@dataclass(frozen=True)
-class ImageOutcome:
-    """An image's outcome as the ledger takes it."""
-
-    pack_id: str
-    image_id: str
-    run: int
-    delivered: bool
-    attempts: int
-    url: str | None = None
-    error: str | None = None
-
-
-@dataclass
-class PackView:
-    """What the rest of the system is told about a pack after a ledger operation."""
-
-    pack_id: str
-    user_id: str
-    status: PackState
-    cost: int
-    charged: int
-    reason: str | None
-    images: list[PackImage]
-    balance: int | None = None
-    money_moved: int = 0  # signed change to the balance made by this very call
-    created: bool = False  # False when the call found its effect already applied
-
-    @property
-    def refunded(self) -> int:
-        return self.cost - self.charged if self.status != PackState.REJECTED else 0
 
 
 class Ledger:
@@ -142,17 +94,8 @@ class Ledger:
     def accept_packs(self, orders: Sequence[PackOrder]) -> list[PackView]:
         """`accept_pack` for several packs in one transaction (the intake's batches)."""
         try:
-            with self.sessions.begin() as s:
-                known = {p.pack_id: p for p in s.scalars(select(Pack).where(Pack.pack_id.in_({o.pack_id for o in orders})))}
-                views = []
-                for order in orders:
-                    if order.pack_id in known:
-                        views.append(self.view_of(s, known[order.pack_id], created=False))
-                    else:
-                        pack, view = self._accept(s, order)
-                        known[order.pack_id] = pack
-                        views.append(view)
-                return views
+            with self.engine.begin() as conn:
+                return batch.accept(conn, orders)
         except IntegrityError:
             # Another credits instance took one of these packs meanwhile: one at a time, then.
             if len(orders) > 1:
@@ -162,31 +105,6 @@ class Ledger:
                 if existing is None:
                     raise
                 return [self.view_of(s, existing, created=False)]
-
-    def _accept(self, s: Session, order: PackOrder) -> tuple[Pack, PackView]:
-        pack_id, user_id = order.pack_id, order.user_id
-        cost = sum(spec.cost for spec in order.specs)
-        pack = Pack(pack_id=pack_id, user_id=user_id, cost=cost, status=PackState.PROCESSING, accepted_event=order.accepted_event)
-        s.add(pack)
-        s.flush()  # the primary key is the idempotency guard: a duplicate fails here
-        if order.refusal is not None or s.get(Account, user_id) is None:
-            pack.status, pack.reason = PackState.REJECTED, order.refusal or f"unknown account {user_id!r}"
-            return pack, self.view_of(s, pack, created=True)
-        # Conditional update: two credits instances can never overdraw the account.
-        debited = cast(CursorResult[Any], s.execute(  # an UPDATE's result: it has a rowcount
-            update(Account)
-            .where(Account.user_id == user_id, Account.balance >= cost)
-            .values(balance=Account.balance - cost)
-        ))
-        if not debited.rowcount:
-            pack.status = PackState.REJECTED
-            pack.reason = f"insufficient credits: pack costs {cost}, balance {self.balance_in(s, user_id)}"
-            return pack, self.view_of(s, pack, created=True)
-        s.add(LedgerEntry(entry_key=f"debit:{pack_id}", user_id=user_id, pack_id=pack_id, amount=-cost, reason="debited"))
-        for spec in order.specs:
-            s.add(PackImage(pack_id=pack_id, image_id=spec.image_id, kind=spec.kind, cost=spec.cost, charged=True))
-        s.flush()
-        return pack, self.view_of(s, pack, created=True, money_moved=-cost)
 
     def record_image(
         self, pack_id: str, image_id: str, *, run: int, delivered: bool, attempts: int,
@@ -198,37 +116,8 @@ class Ledger:
 
     def record_images(self, outcomes: Sequence[ImageOutcome]) -> list[PackView | None]:
         """`record_image` for several outcomes (a partition's batch), in order, in one transaction."""
-        with self.sessions.begin() as s:
-            return [self._record(s, outcome) for outcome in outcomes]
-
-    def _record(self, s: Session, outcome: ImageOutcome) -> PackView | None:
-        pack_id, image_id, run, delivered = outcome.pack_id, outcome.image_id, outcome.run, outcome.delivered
-        pack = s.get(Pack, pack_id, with_for_update=True)
-        img = s.get(PackImage, (pack_id, image_id), with_for_update=True)
-        if pack is None or img is None:
-            return None
-        if pack.status == PackState.CANCELLED:  # it came after the cancel in the pack's log: not delivered
-            return self.view_of(s, pack, created=False)
-        repeated_failure = img.status == ImageState.FAILED and run == img.run and not delivered
-        if run < img.run or img.status == ImageState.COMPLETED or repeated_failure:
-            return self.view_of(s, pack, created=False)
-        img.run, img.attempts = run, outcome.attempts
-        pack.updated_at = now()
-        moved = 0
-        if delivered:
-            img.status, img.url, img.error = ImageState.COMPLETED, outcome.url, None
-            if not img.charged:
-                moved = self.move(s, pack, img, -img.cost, "recharged", f"recharge:{pack_id}:{image_id}:{run}")
-        else:
-            img.status, img.error = ImageState.FAILED, outcome.error
-            if img.charged:
-                moved = self.move(s, pack, img, img.cost, "refunded", f"refund:{pack_id}:{image_id}:{run}")
-        img.charged = delivered
-        images = _images_of(s, pack_id)  # one read of the images serves the status and the view
-        if all(i.status.finished for i in images):
-            done = sum(i.status == ImageState.COMPLETED for i in images)
-            pack.status = PackState.COMPLETED if done == len(images) else PackState.PARTIAL if done else PackState.FAILED
-        return self.view_of(s, pack, created=True, money_moved=moved, images=images, balance=moved != 0)
+        with self.engine.begin() as conn:
+            return batch.record(conn, outcomes)
 
     def reopen_image(self, pack_id: str, image_id: str, run: int) -> PackView | None:
         """An operator replays a dead-lettered image: it is pending again under a new run."""
@@ -273,18 +162,17 @@ class Ledger:
         return int(s.scalar(select(Account.balance).where(Account.user_id == user_id)) or 0)
 
     def view_of(
-        self, s: Session, pack: Pack, created: bool = False, money_moved: int = 0, images: list[PackImage] | None = None,
-        balance: bool = True,
+        self, s: Session, pack: Pack, created: bool = False, money_moved: int = 0, balance: bool = True,
     ) -> PackView:
-        """`images`: the pack's images, if just read (in image id order); `balance`: False when
-        nobody will be told the balance (no money moved), to spare a query."""
-        if images is None:
-            images = _images_of(s, pack.pack_id)
-        charged = sum(i.cost for i in images if i.charged)
+        """`balance`: False when nobody will be told the balance (no money moved), to spare a query."""
+        images = [
+            ImageRow(i.image_id, i.kind, i.status, i.attempts, i.url, i.error, i.cost, i.charged, i.run)
+            for i in s.scalars(select(PackImage).where(PackImage.pack_id == pack.pack_id).order_by(PackImage.image_id))
+        ]
         return PackView(
-            pack_id=pack.pack_id, user_id=pack.user_id, status=pack.status, cost=pack.cost, charged=charged,
-            reason=pack.reason, images=images, balance=self.balance_in(s, pack.user_id) if balance else None,
-            money_moved=money_moved, created=created,
+            pack_id=pack.pack_id, user_id=pack.user_id, status=pack.status, cost=pack.cost,
+            charged=sum(i.cost for i in images if i.charged), reason=pack.reason, images=images,
+            balance=self.balance_in(s, pack.user_id) if balance else None, money_moved=money_moved, created=created,
         )
 
     def entry_amount(self, entry_key: str) -> int | None:
@@ -359,10 +247,6 @@ class LedgerAudit:
     packs: dict[str, AuditPack]
     entries: list[AuditEntry]
     accounts: list[AuditAccount]
-
-
-def _images_of(s: Session, pack_id: str) -> list[PackImage]:
-    return list(s.scalars(select(PackImage).where(PackImage.pack_id == pack_id).order_by(PackImage.image_id)))
 
 
 def _engine_args(url: str) -> dict[str, object]:

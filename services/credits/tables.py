@@ -1,5 +1,5 @@
-"""The credits ledger's tables (SQLAlchemy 2 ORM). Only `ledger.py` and the migrations
-read or write them: the rest of the system asks the `Ledger`."""
+"""The credits ledger's tables (SQLAlchemy 2 ORM). Only the ledger (`ledger.py`, `batch.py`,
+`changes.py`) and the migrations read or write them: the rest of the system asks the `Ledger`."""
 
 from __future__ import annotations
 

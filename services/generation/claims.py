@@ -2,9 +2,11 @@
 shared/images.py), so every generation process sees them, on one host or many, with a local
 directory or S3.
 
-When a rebalance takes a partition away from a process that is still making some of its
-images, that process writes a claim for each of them and rewrites it every CLAIM_REFRESH_S
-until the image is done. The new owner of the partition, reading those jobs again, sees the
+Every image is claimed as the provider starts on it (in the background, off the call's
+path), rewritten every CLAIM_REFRESH_S, and deleted in the step that saves the image, right
+after its marker (jobs.py). When a rebalance takes a partition away from a process that is
+still making some of its images, that process makes sure their claims are written before
+the partition goes. The new owner of the partition, reading those jobs again, sees the
 claim and waits for the image instead of paying the provider a second time. A claim whose
 refresh time is older than CLAIM_STALE_S belongs to a dead process and is ignored.
 
@@ -13,9 +15,18 @@ A call that fails leaves no image to find, so its claim is not deleted but marke
 its outcome (a retry, or the failure) is already on Kafka and drops it instead of paying
 for the same attempt twice. The next attempt's claim replaces the mark.
 
+Every call is claimed from its start, however short. Claiming only the calls that have
+lasted a while (say half a second) was weighed and refused. It would spare the writes only
+for calls shorter than that, which real images (30-60 s) never are, and it reopens the
+window that claiming at the start closed: a process cut off from the group without being
+told (a broker restart) keeps starting jobs that its partitions' next owner is reading
+again; a job the next owner reaches less than that delay after the cut-off process started
+it shows neither a claim nor an image, and the provider is paid twice. With calls shorter
+than the delay (the chaos run's 300 ms), no call would be claimed at all: the state in which
+the chaos run once counted an image paid twice.
+
 A claim is a small JSON object: `{"owner": ..., "refreshed_at": <epoch seconds>, "run": ...,
-"attempt": ...}`. The time
-is inside, written by the owner, not a file time or the store's Last-Modified: the same on a
+"attempt": ...}`. The time is inside, written by the owner, not a file time or the store's Last-Modified: the same on a
 directory and on S3. The writes are plain, unconditional puts (s3proxy and several other
 S3-compatible servers ignore `If-None-Match`). That is safe because a claim has one writer:
 only the process making the image writes, refreshes and deletes its claim; every other

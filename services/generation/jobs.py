@@ -12,9 +12,7 @@ import logging
 import os
 import random
 import socket
-import time
 import uuid
-from collections import OrderedDict
 from collections.abc import Iterable
 from typing import Any
 
@@ -24,7 +22,7 @@ from services.generation import handlers
 from services.generation.backends import ImageBackend
 from services.generation.claims import CLAIM_REFRESH_S, Claims
 from services.generation.observe import provider_call
-from services.generation.scheduling import ProviderLimiter
+from services.generation.scheduling import CancelledPacks, ProviderLimiter
 from shared.errors import BrokerUnavailable
 from shared.events import ImageJob
 from shared.images import ImageStore
@@ -98,6 +96,9 @@ class JobRunner:
         for key, result in zip(new, results, strict=True):
             if isinstance(result, Exception):  # the next owner may pay again for this one
                 log.warning("could not claim %s/%s: %r", key[0], key[1], result)
+        self._keep()
+
+    def _keep(self) -> None:
         if self.claimed and (self._keeping is None or self._keeping.done()):
             self._keeping = asyncio.create_task(self._keep_claims())
 
@@ -176,7 +177,7 @@ class JobRunner:
                     del self.calls[_key(job)]
             if pack_id in self.cancelled:
                 return  # made after its pack was cancelled: never delivered
-            await self.store.save(pack_id, job.image_id, job.user_id, data, job.attempt)
+            await self._save(job, data)
         except asyncio.CancelledError:
             task = asyncio.current_task()
             if call is not None and call.cancelled() and task is not None and not task.cancelling():
@@ -194,6 +195,23 @@ class JobRunner:
         IMAGES.labels("completed").inc()
         handlers.log_step("finished", job, url=url)
         await self._report(generating, status, handlers.succeeded(job, url, self.topics))
+
+    async def _save(self, job: ImageJob, data: bytes) -> None:
+        """The image, and its claim released in the same step, after the marker: from then on
+        a next owner finds the image. A refresh in flight lands first (the lock), and none
+        comes after: the claim is no longer held."""
+        key = _key(job)
+        claiming = self._claiming.pop(key, None)
+        if claiming is not None:  # a call shorter than its claim's write: the claim goes now too
+            await asyncio.gather(claiming, return_exceptions=True)
+        async with self._claims_lock:
+            attempt = self.claimed.pop(key, None)
+        try:
+            await self.store.save(key[0], job.image_id, job.user_id, data, job.attempt, release_claim=attempt is not None)
+        except BaseException:
+            if attempt is not None:
+                self.claimed.setdefault(key, attempt)  # released (or marked answered) as the job ends
+            raise
 
     async def _report(self, generating: list[asyncio.Future[Any]], status: Outgoing, outcome: list[Outgoing]) -> None:
         """The provider has answered: its answer reaches Kafka without the provider being asked
@@ -233,25 +251,6 @@ class JobRunner:
                     await self.store.discard(pack_id, image_id)
         except Exception as exc:  # the snapshot and the ledger never show it anyway
             log.warning("could not remove the undelivered images of cancelled pack %s: %r", pack_id, exc)
-
-
-class CancelledPacks:
-    """The packs cancelled in the last `keep_s` (the cancel feed keeps a day): any job of
-    theirs still queued or on a retry tier is at most that old."""
-
-    def __init__(self, keep_s: float = 24 * 3600.0) -> None:
-        self.keep_s = keep_s
-        self._at: OrderedDict[str, float] = OrderedDict()
-
-    def add(self, pack_id: str) -> None:
-        now = time.monotonic()
-        self._at[pack_id] = now
-        self._at.move_to_end(pack_id)
-        while self._at and next(iter(self._at.values())) < now - self.keep_s:
-            self._at.popitem(last=False)
-
-    def __contains__(self, pack_id: object) -> bool:
-        return pack_id in self._at
 
 
 def _key(job: ImageJob) -> tuple[str, str, int]:

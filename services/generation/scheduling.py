@@ -1,11 +1,13 @@
 """How fast the provider may be called: a pure limiter with an injectable clock, tested in
 memory (tests/unit/test_scheduling.py). Who goes next and what may be committed are
-`shared.fairness`; consumer.py wires all three to the images.jobs consumer."""
+`shared.fairness`; consumer.py wires all three to the images.jobs consumer. And the packs
+whose jobs are not started any more (`CancelledPacks`, kept by jobs.py)."""
 
 from __future__ import annotations
 
 import asyncio
 import time
+from collections import OrderedDict
 from collections.abc import Callable
 
 
@@ -66,3 +68,22 @@ class ProviderLimiter:
                 await asyncio.sleep(wait)
             if self._running.is_set():
                 return
+
+
+class CancelledPacks:
+    """The packs cancelled in the last `keep_s` (the cancel feed keeps a day): any job of
+    theirs still queued or on a retry tier is at most that old."""
+
+    def __init__(self, keep_s: float = 24 * 3600.0) -> None:
+        self.keep_s = keep_s
+        self._at: OrderedDict[str, float] = OrderedDict()
+
+    def add(self, pack_id: str) -> None:
+        now = time.monotonic()
+        self._at[pack_id] = now
+        self._at.move_to_end(pack_id)
+        while self._at and next(iter(self._at.values())) < now - self.keep_s:
+            self._at.popitem(last=False)
+
+    def __contains__(self, pack_id: object) -> bool:
+        return pack_id in self._at

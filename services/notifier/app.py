@@ -16,6 +16,7 @@ from services.notifier.fresh import LogEnd
 from services.notifier.readmodel import ReadModel
 from services.notifier.routes import router
 from services.notifier.settings import Settings
+from services.notifier.sse import Hub, collect_less_often
 from services.notifier.state import Store
 from services.notifier.statement import StatementFeed, Statements
 from services.notifier.webhooks.app import Webhooks
@@ -44,6 +45,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     publisher = Publisher(settings.kafka, "packline-notifier")
     usage = KeyUsage(publisher, settings.topics, "notifier")
     webhooks = Webhooks(settings, store)
+    hub = Hub(settings.notifier_ping_s)  # the SSE streams' keep-alive pings and slow-client cut-off
     revocations.dead_letters = feed.dead_letters = DeadLetters(publisher, settings.topics)
     statements.dead_letters = feed.dead_letters
 
@@ -51,6 +53,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
         # Connects and catches up in the background: until it is done (and the pack feed has
         # caught up), requests get 503 and /healthz says so.
+        collect_less_often()
         await revocations.start()
         await feed.start()
         await webhooks.start()
@@ -59,6 +62,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             yield
         finally:
             await webhooks.stop()
+            await hub.stop()
             await usage.drain()
             await revocations.stop()
             await feed.stop()
@@ -76,7 +80,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     app = FastAPI(title="packline notifier", version="1.0.0", lifespan=lifespan)
     app.state.settings, app.state.feed, app.state.statements = settings, feed, statements
-    app.state.log_end = log_end
+    app.state.log_end, app.state.hub = log_end, hub
     app.state.keys = KeyCheck(settings.keyring, revocations, usage)
     app.add_middleware(
         CORSMiddleware, allow_origins=[settings.api_public_url.rstrip("/")], allow_headers=["*"],

@@ -1,5 +1,7 @@
 """Request dependencies of the notifier: the caller (an API key with packs:read, or a stream
-token for one pack), the store once it has caught up with Kafka, and the caller's pack."""
+token for one pack), the store once it has caught up with Kafka, and the caller's pack.
+Every one is `async def`, even when it awaits nothing: FastAPI runs a plain `def` in a
+worker thread, a thread hop per dependency per request (and a stream opens with many)."""
 
 from __future__ import annotations
 
@@ -13,6 +15,7 @@ from fastapi import Depends, HTTPException, Query, Request
 from services.notifier import streams
 from services.notifier.consumer import StatusFeed
 from services.notifier.settings import Settings
+from services.notifier.sse import Hub
 from services.notifier.state import PackView, Store
 from shared.auth import AuthError, Keyring, StreamClaims
 from shared.http import ApiKey, KeyCheck, Scoped, from_state, not_ready, unauthorized
@@ -21,11 +24,18 @@ Token = Annotated[str | None, Query(max_length=2000, description="stream token f
 UserToken = Annotated[str | None, Query(alias="token", max_length=2000, description="user stream token from POST /v1/stream-tokens")]
 
 
-def get_settings(request: Request) -> Settings:
+async def get_settings(request: Request) -> Settings:
     return from_state(request, "settings", Settings)
 
 
 SettingsDep = Annotated[Settings, Depends(get_settings)]
+
+
+async def get_hub(request: Request) -> Hub:
+    return from_state(request, "hub", Hub)
+
+
+HubDep = Annotated[Hub, Depends(get_hub)]
 
 
 async def caught_up(request: Request, settings: SettingsDep) -> Store:
@@ -104,24 +114,24 @@ def _allowed(request: Request, caller: Caller) -> streams.Allowed:
     return lambda: revocations.allows(caller.user_id, caller.generation, caller.key_id)
 
 
-def pack_allowed(request: Request, caller: PackCaller) -> streams.Allowed:
+async def pack_allowed(request: Request, caller: PackCaller) -> streams.Allowed:
     return _allowed(request, caller)
 
 
-def user_allowed(request: Request, caller: StreamCaller) -> streams.Allowed:
+async def user_allowed(request: Request, caller: StreamCaller) -> streams.Allowed:
     return _allowed(request, caller)
 
 
-def user_of_key(caller: KeyCaller) -> str:
+async def user_of_key(caller: KeyCaller) -> str:
     return caller.user_id
 
 
-def user_of_stream(caller: StreamCaller) -> str:
+async def user_of_stream(caller: StreamCaller) -> str:
     """The user behind a Bearer API key, or behind a user stream token."""
     return caller.user_id
 
 
-def user_of_pack(caller: PackCaller) -> str:
+async def user_of_pack(caller: PackCaller) -> str:
     """The user behind a Bearer API key, or behind a stream token for this pack."""
     return caller.user_id
 
@@ -136,7 +146,7 @@ async def owned_pack(
     return pack
 
 
-def last_event_id(request: Request) -> str | None:
+async def last_event_id(request: Request) -> str | None:
     """The header, or a query parameter for clients that cannot set headers."""
     return request.headers.get("last-event-id") or request.query_params.get("last_event_id")
 

@@ -28,9 +28,11 @@ from collections import OrderedDict, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
+from services.notifier import frames
 from services.notifier.readmodel import ReadModel, StoredPack, pack_ints, snapshot_json, unpack_ints
+from services.notifier.wake import Signal
 from shared.events import ImageEntry, PackState, PackStatus
 from shared.topics import PackFeed
 
@@ -49,9 +51,13 @@ class HistorySource(Protocol):
 class Rendered:
     seq: int
     event: str  # "pack" or "image"
-    data: str  # JSON, as it was at that point in the stream
+    body: bytes  # its `event:` and `data:` lines (JSON, as it was at that point in the stream), encoded once for every stream
     partition: int = -1
     position: int = -1
+
+    @property
+    def data(self) -> str:
+        return frames.data_of(self.body)
 
 
 @dataclass(slots=True)
@@ -71,7 +77,7 @@ class PackView:
     partition: int = -1
     trimmed: int = -1  # position of the newest event no longer in `history`
     seen: set[int] = field(default_factory=set)  # hashes of the event ids applied
-    changed: asyncio.Event = field(default_factory=asyncio.Event)
+    changed: Signal = field(default_factory=Signal)
     last_offset: int = -1  # the last record of `partition` applied to this pack
     last_position: int = -1  # the position of its newest event
     offsets: list[int] | None = field(default_factory=list)  # its records, in order; None: too many to re-read
@@ -103,7 +109,13 @@ class PackView:
             return []
         if last_seq > self.seq or not self.history or last_seq < self.history[0].seq - 1:
             return None
-        return [r for r in self.history if r.seq > last_seq]
+        fresh = []
+        for r in reversed(self.history):  # from the newest: a live stream wants the last one or two
+            if r.seq <= last_seq:
+                break
+            fresh.append(r)
+        fresh.reverse()
+        return fresh
 
     def restored(self, history: deque[Rendered], trimmed: int, upto: int, limit: int) -> None:
         """Its history re-read up to sequence number `upto`; events rendered since then stay."""
@@ -135,7 +147,7 @@ class Store:
         self.finished: OrderedDict[str, None] = OrderedDict()  # finished packs in memory, least recently used first
         self.dirty: set[str] = set()  # packs changed since they were last handed to the read model
         self.by_user: dict[str, set[str]] = {}  # of the packs in memory
-        self.user_changed: dict[str, asyncio.Event] = {}
+        self.user_changed: dict[str, Signal] = {}
         self.pack_appeared = asyncio.Event()
         self.applied: dict[int, int] = {}  # partition -> next offset to apply
         # Render each event for streams. Off while catching up at start (nobody is served
@@ -312,7 +324,7 @@ class Store:
             return
         data = render()
         data["seq"] = pack.seq
-        pack.history.append(Rendered(pack.seq, name, json.dumps(data, default=str), partition, position))
+        pack.history.append(Rendered(pack.seq, name, frames.body(name, json.dumps(data, default=str)), partition, position))
         while len(pack.history) > self.history_limit:
             pack.trimmed = pack.history.popleft().position
         self._wake(pack)
@@ -330,8 +342,8 @@ class Store:
         if user_id in self.user_changed:  # also when the user has no pack yet
             self.user_changed[user_id] = _renew(self.user_changed[user_id])
 
-    def user_event(self, user_id: str) -> asyncio.Event:
-        return self.user_changed.setdefault(user_id, asyncio.Event())
+    def user_event(self, user_id: str) -> Signal:
+        return self.user_changed.setdefault(user_id, Signal())
 
     async def wait_for_pack(self, pack_id: str, timeout: float) -> PackView | None:
         loop = asyncio.get_running_loop()
@@ -373,8 +385,11 @@ class Store:
         return sorted(stale)
 
 
-def _renew(old: asyncio.Event) -> asyncio.Event:
-    """Waiters hold the old Event; setting it wakes all of them at once (O(1) per change
-    however many subscribers), and newcomers wait on the fresh one."""
+_E = TypeVar("_E", asyncio.Event, Signal)
+
+
+def _renew(old: _E) -> _E:
+    """Waiters hold the old one; setting it wakes all of them at once, and newcomers wait
+    on the fresh one."""
     old.set()
-    return asyncio.Event()
+    return type(old)()

@@ -4,25 +4,36 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, Awaitable, Callable
 
-from sse_starlette import ServerSentEvent
-
+from services.notifier.frames import Frame
 from services.notifier.state import Cursor, PackView, Rendered, Store
+from services.notifier.wake import Signal
 
 Allowed = Callable[[], bool]
+# How a stream waits for its next change: the HTTP response passes one that also sends
+# keep-alive pings meanwhile and ends the stream when the client leaves.
+Wait = Callable[[Signal], Awaitable[None]]
 
 
-def _always() -> bool:
+def always() -> bool:
     return True
 
 
-def revoked() -> ServerSentEvent:
-    return ServerSentEvent(json.dumps({"reason": "API key revoked"}), event="revoked")
+def _wait(signal: Signal) -> Awaitable[None]:
+    return signal.wait()
 
 
-async def pack_events(pack: PackView, last_event_id: str | None, allowed: Allowed = _always) -> AsyncIterator[ServerSentEvent]:
-    """`allowed` is asked after every wake-up: a revocation wakes the user's streams."""
+def revoked() -> Frame:
+    return Frame.of("revoked", json.dumps({"reason": "API key revoked"}), None)
+
+
+async def pack_events(
+    pack: PackView, last_event_id: str | None, allowed: Allowed = always, wait: Wait = _wait,
+) -> AsyncGenerator[Frame, None]:
+    """`allowed` is asked after every wake-up: a revocation wakes the user's streams. A
+    client that read so slowly that the pack's kept history moved past it gets the
+    snapshot and a `resync`, as a resume from too old an id would (never a silent gap)."""
     last = _parse(last_event_id)
     if last is not None and 0 <= last < pack.seq and pack.after(last) is None and pack.source is not None:
         # Memory no longer holds those events (a pack read from the read model, or applied
@@ -30,27 +41,38 @@ async def pack_events(pack: PackView, last_event_id: str | None, allowed: Allowe
         await pack.source.restore(pack)
     if last is None or pack.after(last) is None:
         # No id, or one that cannot be resumed (unknown, or older than the kept history).
-        yield ServerSentEvent(json.dumps(pack.snapshot(), default=str), event="pack", id=str(pack.seq))
-        if last is not None:
-            resync = {"pack_id": pack.pack_id, "reason": f"cannot resume after id {last_event_id!r}"}
-            yield ServerSentEvent(json.dumps(resync), event="resync", id=str(pack.seq))
-        last = pack.seq
+        frames, last = _resync(pack, last, repr(last_event_id)), pack.seq  # what the snapshot covers
+        for frame in frames:
+            yield frame
     while True:
         changed = pack.changed  # taken before reading, so no change can slip between read and wait
         if not allowed():
             yield revoked()
             return
-        for r in pack.after(last) or ():
-            yield ServerSentEvent(r.data, event=r.event, id=str(r.seq))
+        fresh = pack.after(last)
+        if fresh is None:  # fell behind the kept history while its client was not reading
+            frames, last, fresh = _resync(pack, last, f"{last} (history moved on)"), pack.seq, []
+            for frame in frames:
+                yield frame
+        for r in fresh:
+            yield Frame.with_id(str(r.seq), r.event, r.body)
             last = r.seq
         if pack.terminal and last >= pack.seq:
             return
-        await changed.wait()
+        await wait(changed)
+
+
+def _resync(pack: PackView, last: int | None, after: str) -> list[Frame]:
+    frames = [Frame.of("pack", json.dumps(pack.snapshot(), default=str), str(pack.seq))]
+    if last is not None:
+        resync = {"pack_id": pack.pack_id, "reason": f"cannot resume after id {after}"}
+        frames.append(Frame.of("resync", json.dumps(resync), str(pack.seq)))
+    return frames
 
 
 async def user_events(
-    store: Store, user_id: str, last_event_id: str | None, allowed: Allowed = _always,
-) -> AsyncIterator[ServerSentEvent]:
+    store: Store, user_id: str, last_event_id: str | None, allowed: Allowed = always, wait: Wait = _wait,
+) -> AsyncGenerator[Frame, None]:
     """All of a user's packs. Each id is a cursor (positions in packs.status, the same on
     every notifier instance): resuming with it gives every later event, in log order, with
     no gap and no duplicate. Without one, or with one that cannot be resumed (unreadable,
@@ -70,7 +92,7 @@ async def user_events(
                 if view is not None:
                     stale.append(pack_id)
                     data, _, covered[pack_id] = view
-                    yield ServerSentEvent(data, event="pack", id=format_cursor(cursor))
+                    yield Frame.of("pack", data, format_cursor(cursor))
             after = page[-1]
         if last_event_id is None:
             stale = []  # a fresh stream: snapshots, no resync
@@ -84,10 +106,10 @@ async def user_events(
             if view is not None:
                 stale.append(pack_id)
                 data, _, covered[pack_id] = view
-                yield ServerSentEvent(data, event="pack", id=format_cursor(cursor))
+                yield Frame.of("pack", data, format_cursor(cursor))
     if stale:
         resync = {"packs": stale, "reason": f"cannot resume after id {last_event_id!r}"}
-        yield ServerSentEvent(json.dumps(resync), event="resync", id=format_cursor(cursor))
+        yield Frame.of("resync", json.dumps(resync), format_cursor(cursor))
     while True:
         changed = store.user_event(user_id)
         if not allowed():
@@ -105,8 +127,8 @@ async def user_events(
                 fresh.append(r)
         for r in sorted(fresh, key=lambda r: (r.partition, r.position)):
             cursor[r.partition] = r.position
-            yield ServerSentEvent(r.data, event=r.event, id=format_cursor(cursor))
-        await changed.wait()
+            yield Frame.with_id(format_cursor(cursor), r.event, r.body)
+        await wait(changed)
 
 
 PAGE = 500  # packs per read-model query for the opening snapshots

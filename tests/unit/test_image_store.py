@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from shared.images import ImageStore, LocalImageStore, S3ImageStore, open_image_store, parse_s3_url
+from shared.images import INLINE_BYTES, ImageStore, LocalImageStore, S3ImageStore, open_image_store, parse_s3_url
 from shared.settings import CommonSettings
 
 PACK = "0b6e4d8e-5f2a-4c1e-9d3b-2a7f6c5e4d3c"
@@ -21,8 +21,9 @@ async def read_all(store: ImageStore, image_id: str, user: str) -> bytes | None:
     return None if image is None else b"".join([chunk async for chunk in image.chunks])
 
 
-async def test_saved_image_layout_and_owner_check(tmp_path: Path) -> None:
-    store = LocalImageStore(tmp_path, "http://api/")
+@pytest.mark.parametrize("inline_bytes", [INLINE_BYTES, 0], ids=["small files on the loop", "all in threads"])
+async def test_saved_image_layout_and_owner_check(tmp_path: Path, inline_bytes: int) -> None:
+    store = LocalImageStore(tmp_path, "http://api/", inline_bytes)
     assert await store.finished(PACK, "main") is None
     data = bytes(range(256)) * 1000  # several chunks
     await store.save(PACK, "main", "alice", data, attempt=2)
@@ -47,6 +48,21 @@ async def test_the_first_owner_stays(tmp_path: Path) -> None:
     await store.save(PACK, "lifestyle", "bob", b"b", 1)
     assert await read_all(store, "lifestyle", "alice") == b"b"
     assert await read_all(store, "lifestyle", "bob") is None
+    other = LocalImageStore(tmp_path, "http://api")  # another process: it has not seen the owner yet
+    await other.save(PACK, "detail", "bob", b"d", 1)
+    assert await other.owner(PACK) == "alice"
+
+
+async def test_a_claim_is_released_with_the_save_of_its_image(tmp_path: Path) -> None:
+    store = LocalImageStore(tmp_path, "http://api")
+    await store.put_claim(PACK, "main", b'{"owner": "A"}')
+    await store.put_claim(PACK, "detail", b'{"owner": "A"}')
+    await store.save(PACK, "main", "alice", b"png", 2, release_claim=True)
+    assert await store.get_claim(PACK, "main") is None and await store.finished(PACK, "main") == 2
+    await store.save(PACK, "detail", "alice", b"png", 1)
+    assert await store.get_claim(PACK, "detail") == b'{"owner": "A"}'  # not asked to
+    names = sorted(p.name for p in (tmp_path / PACK).iterdir())
+    assert names == [".detail.claim", "detail.json", "detail.png", "main.json", "main.png", "meta.json"]  # no temporaries
 
 
 def test_image_store_setting(tmp_path: Path) -> None:

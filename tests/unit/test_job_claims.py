@@ -87,6 +87,26 @@ async def test_the_next_owner_waits_for_the_image_its_previous_owner_is_making(t
     assert await store.finished(str(j.pack_id), "main") == 1
 
 
+async def test_every_image_is_claimed_while_the_provider_makes_it_and_released_with_its_save(tmp_path: Path) -> None:
+    """Without any rebalance: a process cut off from the group without being told (a broker
+    restart) may be making it when the next owner reads the job."""
+    store, backend = LocalImageStore(tmp_path, "http://api"), GatedBackend()
+    a, j = runner(store, backend), job()
+    making = asyncio.create_task(a.run(j, T.images_jobs, []))  # not inherited: no rebalance involved
+    await until(lambda: backend.calls == 1 and (tmp_path / str(j.pack_id) / ".main.claim").exists())
+    claim = await store.get_claim(str(j.pack_id), "main")
+    assert claim is not None and json.loads(claim) | {"refreshed_at": 0} == {
+        "owner": a.owner, "refreshed_at": 0, "run": 0, "attempt": 1}
+    assert await Claims(store, "B").held_by_other(str(j.pack_id), "main")
+    backend.gate.set()
+    await asyncio.wait_for(making, 5)
+    assert await store.finished(str(j.pack_id), "main") == 1
+    assert await store.get_claim(str(j.pack_id), "main") is None and not a.claimed
+    again = asyncio.create_task(a.run(j, T.images_jobs, []))  # a redelivered copy: reported, not claimed
+    await asyncio.wait_for(again, 5)
+    assert backend.calls == 1 and await store.get_claim(str(j.pack_id), "main") is None
+
+
 async def test_a_process_waiting_on_a_claim_does_not_claim_the_image(tmp_path: Path) -> None:
     store, backend = LocalImageStore(tmp_path, "http://api"), GatedBackend()
     b, j = runner(store, backend), job()

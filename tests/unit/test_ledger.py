@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import uuid
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 
 import pytest
 
-from services.credits.ledger import Ledger
+from services.credits.ledger import ImageOutcome, Ledger
 from shared.events import ImageSpec
 
 SPECS = [ImageSpec(image_id=k, kind=k, cost=1) for k in ("main", "detail")] + [
@@ -139,3 +141,95 @@ def test_stalled_packs_are_driven_again_once_per_idle_period(ledger: Ledger) -> 
         ledger.record_image(str(request.pack_id), image_id, run=0, delivered=True, attempts=1, url="u")
     time.sleep(0.05)
     assert handlers.redrive(ledger, t, idle_s=0.01) == []  # nothing pending: nothing to drive
+
+
+# --- a batch of outcomes must end as the same outcomes applied one at a time -------------
+
+def _applied(ledger: Ledger, outcomes: list[ImageOutcome], batched: bool) -> tuple[list[object], int, int]:
+    """Accept a pack, apply `outcomes` (their pack id is replaced by the new pack's) either as
+    one batch or one call each; returns what each call said, the pack's ledger sum, the balance."""
+    pack = str(uuid.uuid4())
+    ledger.accept_pack(pack, "alice", SPECS)
+    mine = [replace(o, pack_id=pack) for o in outcomes]
+    views = ledger.record_images(mine) if batched else [ledger.record_images([o])[0] for o in mine]
+    said = [
+        None if v is None else (v.status, v.charged, v.money_moved, v.created, v.balance is not None,
+                                [(i.image_id, i.status, i.charged, i.run, i.url, i.error) for i in v.images])
+        for v in views
+    ]
+    return said, ledger.ledger_sum(pack), int(ledger.balance("alice") or 0)
+
+
+def _same_as_one_by_one(ledger: Ledger, outcomes: list[ImageOutcome]) -> list[object]:
+    start = ledger.balance("alice") or 0
+    single, single_sum, after_single = _applied(ledger, outcomes, batched=False)
+    batch, batch_sum, after_batch = _applied(ledger, outcomes, batched=True)
+    assert batch == single and batch_sum == single_sum
+    assert after_batch - after_single == after_single - start  # both moved the balance alike
+    return batch
+
+
+def failed(image: str, run: int = 0) -> ImageOutcome:
+    return ImageOutcome("", image, run, delivered=False, attempts=3, error="x")
+
+
+def done(image: str, run: int = 0) -> ImageOutcome:
+    return ImageOutcome("", image, run, delivered=True, attempts=1, url=f"{image}/{run}")
+
+
+def test_a_failure_then_its_redelivered_copy_in_one_batch(ledger: Ledger) -> None:
+    ledger.grant("alice", 20, "top-up")
+    said = _same_as_one_by_one(ledger, [failed("main"), done("main"), failed("main"), done("detail")])
+    # refunded, charged again, then the stale failure changes nothing; each view as it was then
+    assert [s[2] if s else None for s in said] == [1, -1, 0, 0]  # type: ignore[index]
+    first_main = next(i for i in said[0][5] if i[0] == "main")  # type: ignore[index]
+    assert first_main[1:3] == ("FAILED", False)
+
+
+def test_a_delivery_after_a_failure_of_an_earlier_run_in_one_batch(ledger: Ledger) -> None:
+    ledger.grant("alice", 20, "top-up")
+    outcomes = [failed("aplus_banner"), done("aplus_banner", run=1), failed("aplus_banner", run=0), done("main"),
+                done("detail")]
+    said = _same_as_one_by_one(ledger, outcomes)
+    assert [s[2] if s else None for s in said] == [2, -2, 0, 0, 0]  # type: ignore[index]
+    assert said[-1][0] == "COMPLETED"  # type: ignore[index]
+
+
+def test_a_batch_with_unknown_packs_and_images_answers_none_for_them(ledger: Ledger) -> None:
+    pack = str(uuid.uuid4())
+    ledger.accept_pack(pack, "alice", SPECS)
+    views = ledger.record_images([
+        ImageOutcome("no-such-pack", "main", 0, True, 1, url="u"), ImageOutcome(pack, "no-such-image", 0, True, 1, url="u"),
+        ImageOutcome(pack, "main", 0, False, 1, error="x"),
+    ])
+    assert views[:2] == [None, None]
+    assert views[2] is not None and (views[2].money_moved, views[2].balance) == (1, 7)
+
+
+def test_refunds_of_several_packs_of_one_user_in_one_batch_carry_the_running_balance(ledger: Ledger) -> None:
+    from services.credits import handlers
+    from shared.events import CreditsChanged, ImageCompleted, ImageFailed, decode
+    from shared.topics import Topics
+
+    ledger.grant("alice", 10, "top-up")
+    packs = [str(uuid.uuid4()) for _ in range(3)]
+    for pack in packs:
+        ledger.accept_pack(pack, "alice", SPECS)  # 20 - 3 * 4 = 8
+    events: list[ImageCompleted | ImageFailed] = []
+    for pack in packs:
+        events += [
+            ImageFailed(pack_id=pack, user_id="alice", image_id="aplus_banner", kind="aplus_banner", attempts=3, error="x",
+                        error_type="PermanentImageError", cost=2),
+            ImageCompleted(pack_id=pack, user_id="alice", image_id="main", kind="main", attempts=1, url="u", cost=1),
+            ImageFailed(pack_id=pack, user_id="alice", image_id="detail", kind="detail", attempts=3, error="x",
+                        error_type="PermanentImageError", cost=1),
+        ]
+    t = Topics()
+    out = handlers.on_image_results(events, ledger, t)
+    money = [decode(m.value, (CreditsChanged,)) for m in out if m.topic == t.credits_events]
+    assert [(m.amount, m.balance) for m in money] == [(2, 10), (1, 11), (2, 13), (1, 14), (2, 16), (1, 17)]
+    assert ledger.balance("alice") == 17
+    again = handlers.on_image_results(events, ledger, t)  # redelivered: the same events again, nothing moves
+    resent = [decode(m.value, (CreditsChanged,)) for m in again if m.topic == t.credits_events]
+    assert [(m.event_id, m.amount) for m in resent] == [(m.event_id, m.amount) for m in money]
+    assert ledger.balance("alice") == 17

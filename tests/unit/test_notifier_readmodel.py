@@ -10,9 +10,8 @@ import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 
-from sse_starlette import ServerSentEvent
-
 from services.notifier.consumer import replay
+from services.notifier.frames import Frame
 from services.notifier.readmodel import ReadModel
 from services.notifier.state import PackView, Store
 from services.notifier.streams import format_cursor, pack_events, user_events
@@ -195,9 +194,9 @@ async def test_a_history_memory_lost_is_re_read_identically_while_the_log_has_it
     assert [e.event async for e in pack_events(old, str(old.seq))] == []  # up to date: nothing, the end
 
 
-async def opening(stream: AsyncIterator[ServerSentEvent]) -> list[ServerSentEvent]:
+async def opening(stream: AsyncIterator[Frame]) -> list[Frame]:
     """What a stream sends before it waits for news."""
-    got: list[ServerSentEvent] = []
+    got: list[Frame] = []
 
     async def listen() -> None:
         async for event in stream:

@@ -7,8 +7,7 @@ import json
 import uuid
 from collections.abc import AsyncIterator
 
-from sse_starlette import ServerSentEvent
-
+from services.notifier.frames import Frame
 from services.notifier.state import Store
 from services.notifier.streams import parse_cursor, user_events
 from shared.events import ImageEntry, ImageStatus, PackStatus
@@ -76,16 +75,16 @@ def feed(store: Store, records: list[tuple[int, int, PackStatus]]) -> None:
 class Listener:
     """A client of the stream: its events as they come, read in rounds."""
 
-    def __init__(self, stream: AsyncIterator[ServerSentEvent]) -> None:
-        self.events: list[ServerSentEvent] = []
+    def __init__(self, stream: AsyncIterator[Frame]) -> None:
+        self.events: list[Frame] = []
         self.read = 0
         self.task = asyncio.create_task(self._listen(stream))
 
-    async def _listen(self, stream: AsyncIterator[ServerSentEvent]) -> None:
+    async def _listen(self, stream: AsyncIterator[Frame]) -> None:
         async for event in stream:
             self.events.append(event)
 
-    async def new(self) -> list[ServerSentEvent]:
+    async def new(self) -> list[Frame]:
         await asyncio.sleep(0.05)  # the stream runs on this loop: let it catch up
         out, self.read = self.events[self.read:], len(self.events)
         return out

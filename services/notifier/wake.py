@@ -1,0 +1,77 @@
+"""Wake-ups for live streams. A `Signal` fires once (the store replaces a pack's or a
+user's signal with a fresh one at every change), waking at once every stream waiting on
+it: one call per change whatever the number of streams, and no copy of the event per
+stream (each stream reads the shared history itself). A stream waits through its own
+`Waiter`, which other causes may wake too (a keep-alive ping is due, the client left, the
+server stops): one future per stream, no task per cause."""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+
+
+class Wake(enum.Enum):
+    CHANGED = "changed"  # the signal fired: there may be news
+    PING = "ping"  # nothing written for a ping interval
+    GONE = "gone"  # the client disconnected
+    CLOSING = "closing"  # the server is stopping: end the stream cleanly
+
+
+class Waiter:
+    __slots__ = ("_future",)
+
+    def __init__(self) -> None:
+        self._future: asyncio.Future[Wake] | None = None
+
+    def wake(self, reason: Wake) -> None:
+        """The first reason wins; later ones before the waiter runs are dropped (a change
+        is not lost: the stream waits again on the same, already fired, signal)."""
+        future = self._future
+        if future is not None and not future.done():
+            future.set_result(reason)
+
+    async def until(self, signal: Signal) -> Wake:
+        self._future = asyncio.get_running_loop().create_future()
+        signal.add(self)
+        try:
+            return await self._future
+        finally:
+            signal.discard(self)
+            self._future = None
+
+
+class Signal:
+    """Like a one-shot `asyncio.Event`, with any `Waiter` as a waiter. Small: every pack in
+    memory has one, and most have nobody waiting."""
+
+    __slots__ = ("_fired", "_waiters")
+
+    def __init__(self) -> None:
+        self._fired = False
+        self._waiters: set[Waiter] | None = None
+
+    def is_set(self) -> bool:
+        return self._fired
+
+    def set(self) -> None:
+        self._fired = True
+        waiters, self._waiters = self._waiters, None
+        for waiter in waiters or ():
+            waiter.wake(Wake.CHANGED)
+
+    def add(self, waiter: Waiter) -> None:
+        if self._fired:
+            waiter.wake(Wake.CHANGED)
+        elif self._waiters is None:
+            self._waiters = {waiter}
+        else:
+            self._waiters.add(waiter)
+
+    def discard(self, waiter: Waiter) -> None:
+        if self._waiters is not None:
+            self._waiters.discard(waiter)
+
+    async def wait(self) -> None:
+        if not self._fired:
+            await Waiter().until(self)
