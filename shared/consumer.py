@@ -231,8 +231,9 @@ class OrderedConsumer(ConsumerLoop):
         handle_batch: Callable[[list[Record]], Awaitable[None]] | None = None,
     ) -> None:
         """`before_commit` runs before offsets are committed: a publisher's `flush`, when
-        handlers only enqueue their effects. `handle_batch`, if given, takes each partition's
-        records of a poll at once, in order, instead of `handle` one by one."""
+        handlers only enqueue their effects. `handle_batch`, if given, takes a poll's records at
+        once (one transaction for all of them, say), each partition's in order, instead of
+        `handle` one by one."""
         self.kafka, self.group, self.topics, self.handle = kafka, group, list(topics), handle
         self.handle_batch = handle_batch
         self.before_commit, self.max_batch = before_commit, max_batch
@@ -259,7 +260,10 @@ class OrderedConsumer(ConsumerLoop):
         batches = await self.consumer.getmany(timeout_ms=100, max_records=self.max_batch)
         if batches:
             try:
-                await asyncio.gather(*(self._in_order(records) for records in batches.values()))
+                if self.handle_batch is not None:  # the whole poll, each partition's records in order
+                    await self.handle_batch([record for records in batches.values() for record in records])
+                else:
+                    await asyncio.gather(*(self._in_order(records) for records in batches.values()))
             except BaseException:
                 # Never let the position run past messages that were not handled: read them again.
                 for tp, records in batches.items():
@@ -310,9 +314,6 @@ class OrderedConsumer(ConsumerLoop):
             self._handled.pop(tp, None)
 
     async def _in_order(self, records: list[Record]) -> None:
-        if self.handle_batch is not None:
-            await self.handle_batch(records)
-            return
         for record in records:
             await self.handle(record)
 

@@ -58,17 +58,18 @@ def build(settings: Settings) -> FastAPI:
         await run(handlers.on_command, ev, ledger, t)
 
     async def results(records: list[Record]) -> None:
-        """A partition's batch of images.results in one ledger transaction; if it fails, each
-        message on its own (retried, or dead-lettered with its reason)."""
-        if records[0].topic != t.images_results:
-            for record in records:
-                await one(record)
-            return
+        """A poll's images.results (of every partition) in one ledger transaction; if it fails,
+        each message on its own (retried, or dead-lettered with its reason). Commands one by one."""
         typed: list[tuple[Record, ImageResult]] = []
         for record in records:
+            if record.topic != t.images_results:
+                await one(record)
+                continue
             ev = await decode_or_dead_letter(record, IMAGES_RESULTS, publisher, settings)
             if ev is not None:
                 typed.append((record, ev))
+        if not typed:
+            return
         try:
             with tracing.per_pack([(str(ev.pack_id), record) for record, ev in typed]):
                 await run(handlers.on_image_results, [ev for _, ev in typed], ledger, t)
@@ -92,7 +93,7 @@ def build(settings: Settings) -> FastAPI:
 
     consumer = OrderedConsumer(
         settings.kafka, f"{settings.topic_prefix}packline-credits", topics, one,
-        before_commit=publisher.flush, handle_batch=results,
+        before_commit=publisher.flush, handle_batch=results, max_batch=500,
     )
     redrive: asyncio.Task[None] | None = None
     gauges = KafkaGauges(settings.kafka, {intake.group: [intake.topic], consumer.group: topics}, dead_letters=[t.invalid_dlq])

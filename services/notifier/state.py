@@ -32,7 +32,7 @@ from typing import Any, Protocol, TypeVar
 
 from services.notifier import frames
 from services.notifier.readmodel import ReadModel, StoredPack, pack_ints, snapshot_json, unpack_ints
-from services.notifier.wake import Signal
+from services.notifier.wake import Recent, Signal
 from shared.events import ImageEntry, PackState, PackStatus
 from shared.topics import PackFeed
 
@@ -148,6 +148,7 @@ class Store:
         self.dirty: set[str] = set()  # packs changed since they were last handed to the read model
         self.by_user: dict[str, set[str]] = {}  # of the packs in memory
         self.user_changed: dict[str, Signal] = {}
+        self.recent = Recent()  # which packs of a user changed lately, for the user's streams
         self.pack_appeared = asyncio.Event()
         self.applied: dict[int, int] = {}  # partition -> next offset to apply
         # Render each event for streams. Off while catching up at start (nobody is served
@@ -202,6 +203,7 @@ class Store:
     def _drop(self, pack_id: str) -> None:
         pack = self.packs.pop(pack_id)
         self.finished.pop(pack_id, None)
+        self.recent.forget(pack.user_id, pack_id)
         mine = self.by_user.get(pack.user_id)
         if mine is not None:
             mine.discard(pack_id)
@@ -332,6 +334,7 @@ class Store:
     # --- streams ------------------------------------------------------------------------
     def _wake(self, pack: PackView) -> None:
         pack.changed = _renew(pack.changed)
+        self.recent.touch(pack.user_id, pack.pack_id)
         if pack.user_id in self.user_changed:
             self.user_changed[pack.user_id] = _renew(self.user_changed[pack.user_id])
 

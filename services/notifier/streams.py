@@ -110,13 +110,16 @@ async def user_events(
     if stale:
         resync = {"packs": stale, "reason": f"cannot resume after id {last_event_id!r}"}
         yield Frame.of("resync", json.dumps(resync), format_cursor(cursor))
+    looked: int | None = None  # the store's change stamp when this stream last looked; None: look at every pack
     while True:
         changed = store.user_event(user_id)
         if not allowed():
             yield revoked()
             return
         fresh: list[Rendered] = []
-        packs = [store.packs[p] for p in store.by_user.get(user_id, ())]
+        ids = store.by_user.get(user_id, ()) if looked is None else store.recent.since(user_id, looked)
+        looked = store.recent.stamp
+        packs = [store.packs[p] for p in ids if p in store.packs]
         packs += [p for p in held if store.packs.get(p.pack_id) is not p]
         held = []
         for pack in packs:

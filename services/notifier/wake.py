@@ -75,3 +75,35 @@ class Signal:
     async def wait(self) -> None:
         if not self._fired:
             await Waiter().until(self)
+
+
+class Recent:
+    """Per user, the packs in the order they last changed, each with a stamp that only
+    grows: a user's stream asks for the packs changed since it last looked and visits only
+    those, not every pack of the user in memory (a busy seller has hundreds)."""
+
+    def __init__(self) -> None:
+        self.stamp = 0
+        self._by_user: dict[str, dict[str, int]] = {}  # user -> pack -> stamp, oldest change first
+
+    def touch(self, user_id: str, pack_id: str) -> None:
+        self.stamp += 1
+        packs = self._by_user.setdefault(user_id, {})
+        packs.pop(pack_id, None)  # to the end: dicts keep insertion order
+        packs[pack_id] = self.stamp
+
+    def forget(self, user_id: str, pack_id: str) -> None:
+        packs = self._by_user.get(user_id)
+        if packs is not None:
+            packs.pop(pack_id, None)
+            if not packs:
+                del self._by_user[user_id]
+
+    def since(self, user_id: str, stamp: int) -> list[str]:
+        """The user's packs changed after `stamp` (most recent first)."""
+        changed = []
+        for pack_id, at in reversed((self._by_user.get(user_id) or {}).items()):
+            if at <= stamp:
+                break
+            changed.append(pack_id)
+        return changed
