@@ -162,7 +162,7 @@ def report(title: str, load: Load, wall: float, used: dict[str, float]) -> None:
 
 async def bench(args: argparse.Namespace, bootstrap: str, work: Path) -> None:
     env = {
-        "LOCAL_IMAGE_LATENCY_MS": "0", "LOCAL_IMAGE_RENDER": "placeholder", "LOCAL_IMAGE_CALL_LOG": "",
+        "LOCAL_IMAGE_LATENCY_MS": str(args.image_ms), "LOCAL_IMAGE_RENDER": "placeholder", "LOCAL_IMAGE_CALL_LOG": "",
         "TOPIC_PARTITIONS": "6", "GENERATION_CONCURRENCY": "256", "RATE_LIMIT_PER_S": "100000",
         "RATE_LIMIT_BURST": "100000", "INTAKE_MAX_QUEUED_PER_USER": "100000",
     }
@@ -200,6 +200,7 @@ def main() -> int:
     p.add_argument("--seconds", type=float, default=20.0)
     p.add_argument("--burst", type=int, action="append", default=[], help="packs at once (repeatable)")
     p.add_argument("--connections", type=int, default=32, help="keep-alive connections to the api")
+    p.add_argument("--image-ms", type=int, default=0, help="the local backend's time per image")
     args = p.parse_args()
     return run_with_broker(lambda bootstrap, work: bench(args, bootstrap, work))
 
