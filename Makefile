@@ -122,10 +122,12 @@ bench-intake: setup
 bench-notifier-start: setup
 	$(BIN)/python -m tests.bench.notifier_start_bench
 
-# The public contract under load (POST in, SSE out): 10 packs/s, then bursts of 300 (4 users) and 1,500 (8 users).
+# The public contract under load (POST in, SSE out): 10 packs/s, then bursts of 300 (4 users) and 1,500 (8 users),
+# then 50 packs of images that take 1 s each.
 bench-load: setup
 	$(BIN)/python -m tests.bench.load_bench --users 4 --rate 10 --seconds 30 --burst 300
 	$(BIN)/python -m tests.bench.load_bench --users 8 --rate 0 --burst 1500
+	$(BIN)/python -m tests.bench.load_bench --users 4 --rate 0 --burst 50 --image-ms 1000
 
 # 1,000,000 records on auth.revocations: how long the api's revocation reader takes to be ready.
 bench-revocations: setup

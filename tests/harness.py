@@ -10,7 +10,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
@@ -280,3 +280,22 @@ async def results_applied(s: RunningStack, pack_id: str, image_ids: set[str], ti
         assert asyncio.get_running_loop().time() < deadline, f"no results of {image_ids} yet"
         await asyncio.sleep(0.2)
     await s.consumed(f"{s.env['TOPIC_PREFIX']}packline-credits", cast(list[RecordMetadata], mine), timeout)
+
+
+@contextlib.asynccontextmanager
+async def serving(app: Any, port: int, log_level: str = "warning") -> AsyncIterator[None]:
+    """An ASGI app on uvicorn in this event loop, on 127.0.0.1:`port`, while the block runs."""
+    import uvicorn
+
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level=log_level, lifespan="off",
+                                           timeout_graceful_shutdown=1))
+    task = asyncio.create_task(server.serve())
+    for _ in range(500):  # uvicorn has no event to wait on
+        if server.started:
+            break
+        await asyncio.sleep(0.02)
+    try:
+        yield
+    finally:
+        server.should_exit = True
+        await task

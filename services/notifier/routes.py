@@ -27,12 +27,12 @@ async def snapshot(pack: PackDep) -> dict[str, Any]:
     return pack.snapshot()
 
 
-@router.get("/v1/packs/{pack_id}/events", response_class=EventStream)
+@router.get("/v1/packs/{pack_id}/events", response_class=EventStream, status_code=200)  # EventStream names no default status
 async def pack_events(pack: PackDep, last_id: LastEventId, allowed: PackAllowedDep, hub: HubDep) -> EventStream:
     return EventStream(partial(streams.pack_events, pack, last_id, allowed), hub)
 
 
-@router.get("/v1/events", response_class=EventStream)
+@router.get("/v1/events", response_class=EventStream, status_code=200)
 async def user_events(
     user_id: StreamUserDep, store: StoreDep, last_id: LastEventId, allowed: UserAllowedDep, hub: HubDep,
 ) -> EventStream:

@@ -15,7 +15,6 @@ from typing import Any
 
 import httpx
 import pytest
-import uvicorn
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import Response
@@ -25,7 +24,7 @@ from shared.auth import make_named_key, new_key_id
 from shared.devbroker import free_port
 from shared.kafka import header
 from shared.webhooks import verify
-from tests.harness import RunningStack, restart, run_cli
+from tests.harness import RunningStack, restart, run_cli, serving
 
 pytestmark = pytest.mark.e2e
 WAIT_S = 90
@@ -100,19 +99,11 @@ class Receiver:
 async def receiver() -> AsyncIterator[Receiver]:
     r = Receiver(free_port())
     app = Starlette(routes=[Route("/{name}", r.handle, methods=["POST"])])
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=r.port, log_level="warning", lifespan="off",
-                                           timeout_graceful_shutdown=1))
-    task = asyncio.create_task(server.serve())
-    for _ in range(500):  # uvicorn has no event to wait on
-        if server.started:
-            break
-        await asyncio.sleep(0.02)
-    try:
-        yield r
-    finally:
-        r.release.set()
-        server.should_exit = True
-        await task
+    async with serving(app, r.port):
+        try:
+            yield r
+        finally:
+            r.release.set()  # a hung request ends before the server stops
 
 
 def bearer(key: str) -> dict[str, str]:

@@ -12,7 +12,6 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from functools import partial
 
-import uvicorn
 from sse_starlette import ServerSentEvent
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -24,6 +23,7 @@ from services.notifier.sse import EventStream, Hub
 from services.notifier.state import Store
 from shared.devbroker import free_port
 from shared.events import ImageEntry, ImageStatus, PackStatus
+from tests.harness import serving as serving_app
 
 PACK = uuid.uuid4()
 
@@ -95,18 +95,10 @@ async def serving(store: Store, hub: Hub) -> AsyncIterator[int]:
         return EventStream(partial(streams.pack_events, store.packs[str(PACK)], None, streams.always), hub)
 
     port = free_port()
-    server = uvicorn.Server(uvicorn.Config(Starlette(routes=[Route("/events", events)]), host="127.0.0.1", port=port,
-                                           log_level="critical", lifespan="off", timeout_graceful_shutdown=1))
-    task = asyncio.create_task(server.serve())
-    for _ in range(500):  # uvicorn has no event to wait on
-        if server.started:
-            break
-        await asyncio.sleep(0.02)
     try:
-        yield port
+        async with serving_app(Starlette(routes=[Route("/events", events)]), port, log_level="critical"):
+            yield port
     finally:
-        server.should_exit = True
-        await task
         await hub.stop()
 
 
@@ -183,3 +175,12 @@ async def test_idle_streams_get_pings_and_a_client_that_leaves_is_forgotten() ->
                 break
             await asyncio.sleep(0.05)
         assert not hub.streams
+
+
+def test_the_streams_are_in_the_openapi_document_as_event_streams() -> None:
+    from services.notifier.app import create_app
+    from services.notifier.settings import Settings
+
+    paths = create_app(Settings()).openapi()["paths"]
+    for path in ("/v1/events", "/v1/packs/{pack_id}/events"):
+        assert "text/event-stream" in paths[path]["get"]["responses"]["200"]["content"]
