@@ -213,7 +213,8 @@ def open_image_store(settings: CommonSettings, pool: int = 64) -> ImageStore:
         bucket, prefix = parse_s3_url(where)
         return S3ImageStore(s3_client(settings.s3_endpoint_url, settings.aws_region, pool=pool), bucket, prefix,
                             settings.api_public_url, threads=pool)
-    return LocalImageStore(Path(where) if where else settings.images_dir, settings.api_public_url)
+    return LocalImageStore(Path(where) if where else settings.images_dir, settings.api_public_url,
+                           inline_bytes=settings.image_store_inline_bytes)
 
 
 def atomic_write(target: Path | str, data: bytes) -> None:

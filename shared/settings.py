@@ -47,6 +47,10 @@ class CommonSettings(BaseSettings):
     # s3://bucket/prefix. For S3, credentials come from boto3's chain (AWS_ACCESS_KEY_ID,
     # AWS_SECRET_ACCESS_KEY, a profile or an instance role).
     image_store: str = ""
+    # IMAGE_STORE_INLINE_BYTES: a directory store reads and writes files up to this size on
+    # the event loop (a local disk answers in microseconds); 0 sends every file operation to
+    # a thread (a slow or network file system).
+    image_store_inline_bytes: int = Field(default=256 * 1024, ge=0)
     s3_endpoint_url: str | None = None  # an S3-compatible service (MinIO, s3proxy, ...); unset: AWS
     aws_region: str | None = None  # unset: boto3's default (AWS_DEFAULT_REGION, the profile)
     # The workers' /healthz and /metrics listen here (0.0.0.0 for a Prometheus in another container).

@@ -69,6 +69,9 @@ def test_image_store_setting(tmp_path: Path) -> None:
     base = {"var_dir": tmp_path, "packline_secret": "s"}
     default = open_image_store(CommonSettings.model_validate(base))
     assert isinstance(default, LocalImageStore) and default.root == tmp_path / "images"
+    assert default.inline_bytes == INLINE_BYTES
+    threaded = open_image_store(CommonSettings.model_validate({**base, "image_store_inline_bytes": 0}))
+    assert isinstance(threaded, LocalImageStore) and threaded.inline_bytes == 0
     elsewhere = open_image_store(CommonSettings.model_validate({**base, "image_store": str(tmp_path / "x")}))
     assert isinstance(elsewhere, LocalImageStore) and elsewhere.root == tmp_path / "x"
     s3 = open_image_store(CommonSettings.model_validate(
