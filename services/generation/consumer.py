@@ -63,7 +63,6 @@ class JobScheduler(ConsumerLoop):
         self._idle = asyncio.Event()  # set while no job is running
         # Per partition: offsets below this were there when this process got the partition,
         # so another process may have been making them (see JobRunner.claim_running).
-        self.inherited_until: dict[TopicPartition, int] = {}
         self._workers: list[asyncio.Task[None]] = []
         self._last_commit = 0.0
 
@@ -121,9 +120,7 @@ class JobScheduler(ConsumerLoop):
                     self._idle.set()
 
     async def _job(self, ev: ImageJob, record: Record) -> None:
-        tp = TopicPartition(record.topic, record.partition)
-        inherited = record.offset < self.inherited_until.get(tp, record.offset + 1)
-        await self.runner.run(ev, record.topic, record.headers, inherited)
+        await self.runner.run(ev, record.topic, record.headers)
 
     async def _commit(self, force: bool = False) -> None:
         assert self.consumer is not None
@@ -154,7 +151,6 @@ class JobScheduler(ConsumerLoop):
 
     async def on_assigned(self, assigned: list[TopicPartition]) -> None:
         assert self.consumer is not None
-        self.inherited_until = dict(await self.consumer.end_offsets(assigned)) if assigned else {}
         owned = self.consumer.assignment()
         total = len(self.consumer.partitions_for_topic(self.topic) or ()) or self.settings.topic_partitions
         self.limiter.set_share(len(owned), total)

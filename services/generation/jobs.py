@@ -50,37 +50,44 @@ class JobRunner:
         self._claims_lock = asyncio.Lock()  # a refresh never lands after its claim's release
         self._keeping: asyncio.Task[None] | None = None
         self._claiming: dict[tuple[str, str, int], asyncio.Task[None]] = {}
-        # job -> future resolved with True when its run ended with its effects published
-        self.in_flight: dict[tuple[str, str, int], asyncio.Future[bool]] = {}
+        # job -> (its attempt, a future resolved with True when it ended with its effects published)
+        self.in_flight: dict[tuple[str, str, int], tuple[int, asyncio.Future[bool]]] = {}
         self.calls: dict[tuple[str, str, int], asyncio.Task[bytes]] = {}  # provider calls in flight
         self.cancelled = CancelledPacks()
         self._discarding: set[asyncio.Task[None]] = set()
 
-    async def run(self, job: ImageJob, source_topic: str, headers: Any, inherited: bool = False) -> None:
-        """`inherited`: the job was read from a partition this process took over from another,
-        which may still be making the image (see `claim_running`)."""
+    async def run(self, job: ImageJob, source_topic: str, headers: Any) -> None:
+        """One job, read for the first time or again (a partition taken over from a process
+        that may still be making the image, see `claim_running`; or a copy)."""
         key = _key(job)
         while (running := self.in_flight.get(key)) is not None:
             # A redelivered copy of a job this process is already generating (after a
             # rebalance): wait for it rather than generate twice, and do not return (and let
-            # the offset move) before it is done. Run it ourselves if that copy died.
-            if await asyncio.shield(running):
+            # the offset move) before it is done. Run it ourselves if that copy died. A later
+            # attempt (a retry come back while the attempt before it is still ending) is no
+            # copy: it waits for that attempt, then runs.
+            attempt, done = running
+            if await asyncio.shield(done) and attempt >= job.attempt:
                 return
         finished: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
-        self.in_flight[key] = finished
+        self.in_flight[key] = (job.attempt, finished)
         ok = False
         try:
-            await self._run(job, source_topic, list(headers or ()), inherited)
+            await self._run(job, source_topic, list(headers or ()))
             ok = True
         finally:
-            del self.in_flight[key]
-            self.making.discard(key)
-            finished.set_result(ok)
-            claiming = self._claiming.pop(key, None)
-            if claiming is not None:
-                await asyncio.gather(claiming, return_exceptions=True)
-            if key in self.claimed or key in self.answered:  # a fast failure may finish before its claim
-                await self._release(key, job.attempt)
+            try:
+                self.making.discard(key)
+                claiming = self._claiming.pop(key, None)
+                if claiming is not None:
+                    await asyncio.gather(claiming, return_exceptions=True)
+                if key in self.claimed or key in self.answered:  # a fast failure may finish before its claim
+                    await self._release(key, job.attempt)
+            finally:
+                # Only once the claim says how the attempt ended: a copy read meanwhile waits
+                # for this run, one read later finds the image or the answered mark.
+                del self.in_flight[key]
+                finished.set_result(ok)
 
     async def claim_running(self, jobs: Iterable[ImageJob]) -> None:
         """These jobs' partitions are being taken from this process while it makes their
@@ -127,11 +134,14 @@ class JobRunner:
             except Exception as exc:  # it goes stale in CLAIM_STALE_S; the image is saved or never will be
                 log.warning("could not release the claim on %s/%s: %r", key[0], key[1], exc)
 
-    async def _run(self, job: ImageJob, source_topic: str, headers: list[tuple[str, bytes]], inherited: bool) -> None:
+    async def _run(self, job: ImageJob, source_topic: str, headers: list[tuple[str, bytes]]) -> None:
         pack_id = str(job.pack_id)
         url = self.store.url(pack_id, job.image_id)
         while True:
-            claim = await self.claims.read(pack_id, job.image_id) if inherited else None
+            # Read for every job, not only those of a partition taken over: a copy of an attempt
+            # that failed (the retry mover forwarding it again, or the partition read again after
+            # a broker restart without a rebalance) finds the attempt answered, and pays nothing.
+            claim = await self.claims.read(pack_id, job.image_id)
             # Looked at after the claim: whoever makes the image saves it (or marks the
             # attempt answered) before letting go.
             made_by = await self.store.finished(pack_id, job.image_id)

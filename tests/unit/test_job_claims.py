@@ -77,7 +77,7 @@ async def test_the_next_owner_waits_for_the_image_its_previous_owner_is_making(t
     await a.claim_running([j])  # the rebalance takes the partition from A
     claim = await store.get_claim(str(j.pack_id), "main")
     assert claim is not None and json.loads(claim)["owner"] == a.owner
-    inherited = asyncio.create_task(b.run(j, T.images_jobs, [], inherited=True))
+    inherited = asyncio.create_task(b.run(j, T.images_jobs, []))
     await asyncio.sleep(1.5)
     assert not inherited.done() and backend.calls == 1  # B waits, and does not pay
     backend.gate.set()
@@ -112,7 +112,7 @@ async def test_a_process_waiting_on_a_claim_does_not_claim_the_image(tmp_path: P
     b, j = runner(store, backend), job()
     pack_id = str(j.pack_id)
     await Claims(store, "A").claim(pack_id, "main")  # A is making it
-    waiting = asyncio.create_task(b.run(j, T.images_jobs, [], inherited=True))
+    waiting = asyncio.create_task(b.run(j, T.images_jobs, []))
     await until(lambda: b.in_flight)
     await b.claim_running([j])  # B loses the partition while it waits on A
     claim = await store.get_claim(pack_id, "main")
@@ -167,8 +167,50 @@ async def test_the_next_owner_drops_an_attempt_that_failed_and_was_answered(tmp_
     j = job()
     await a.run(j, T.images_jobs, [])
     assert backend.calls == 1 and [m.topic for m in a_publisher.sent][-1] in T.retry_topics
-    await b.run(j, T.images_jobs, [], inherited=True)  # read again after a rebalance
+    await b.run(j, T.images_jobs, [])  # read again after a rebalance
     assert backend.calls == 1 and b_publisher.sent == []
     retry = j.model_copy(update={"attempt": 2})
-    await b.run(retry, T.images_jobs, [], inherited=True)  # the next attempt is made
+    await b.run(retry, T.images_jobs, [])  # the next attempt is made
     assert backend.calls == 2
+
+
+async def test_a_copy_of_a_failed_attempt_read_again_by_the_same_process_is_dropped(tmp_path: Path) -> None:
+    """The partition read again without a rebalance (a broker restart), or the retry mover
+    forwarding the attempt twice: the same process meets the same failed attempt again and
+    must not pay for it a second time; its retry is on Kafka already."""
+    backend, publisher = FailingBackend(), FakePublisher()
+    runner = JobRunner(cast(Any, backend), LocalImageStore(tmp_path, "http://api"), cast(Any, publisher), T, POLICY)
+    j = job()
+    await runner.run(j, T.images_jobs, [])
+    sent = len(publisher.sent)
+    await runner.run(j, T.images_jobs, [])  # the same attempt again
+    assert backend.calls == 1 and len(publisher.sent) == sent
+    await runner.run(j.model_copy(update={"attempt": 2}), T.images_jobs, [])  # its retry is made
+    assert backend.calls == 2
+
+
+class FailsFirstBackend(GatedBackend):
+    """Attempt 1 waits for the gate and fails; any later attempt makes the image."""
+
+    async def generate(self, job: ImageJob) -> bytes:
+        self.calls += 1
+        if job.attempt == 1:
+            await self.gate.wait()
+            raise TransientImageError("provider busy")
+        return b"\x89PNG image"
+
+
+async def test_a_retry_that_comes_back_while_its_previous_attempt_is_still_ending_is_made(tmp_path: Path) -> None:
+    """Jobs of one image and run share a key; only a copy of the same attempt is dropped,
+    a later attempt waits for the earlier one to end and is then made."""
+    backend = FailsFirstBackend()
+    r = runner(LocalImageStore(tmp_path, "http://api"), backend)
+    j = job()
+    first = asyncio.create_task(r.run(j, T.images_jobs, []))
+    await until(lambda: backend.calls == 1)
+    retry = asyncio.create_task(r.run(j.model_copy(update={"attempt": 2}), T.images_jobs, []))
+    await asyncio.sleep(0.05)
+    assert backend.calls == 1  # waiting for attempt 1 to end
+    backend.gate.set()
+    await asyncio.wait_for(asyncio.gather(first, retry), 5)
+    assert backend.calls == 2 and await r.store.finished(str(j.pack_id), "main") == 2
