@@ -1,5 +1,5 @@
 """The ledger's two hot paths, a batch at a time, in SQLAlchemy Core: accepting packs (an
-intake batch) and recording image outcomes (a partition's batch).
+intake batch) and recording image outcomes (a poll's batch).
 
 Each reads what the batch touches in one or two queries, decides in memory in the batch's
 order with the same rules as one call per item, and writes only what changed. The ORM's

@@ -131,8 +131,8 @@ def on_image_result(ev: ImageResult, ledger: Ledger, t: Topics) -> list[Outgoing
 
 
 def on_image_results(events: Sequence[ImageResult], ledger: Ledger, t: Topics) -> list[Outgoing]:
-    """A partition's batch, in order: each run of image outcomes in one ledger transaction
-    (a pack's six results usually come together), anything else on its own."""
+    """A poll's batch, each partition's records in order: each run of image outcomes in one
+    ledger transaction (a pack's six results usually come together), anything else on its own."""
     out: list[Outgoing] = []
     outcomes: list[ImageCompleted | ImageFailed] = []
     for ev in [*events, None]:

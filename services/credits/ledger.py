@@ -115,7 +115,7 @@ class Ledger:
         return self.record_images([ImageOutcome(pack_id, image_id, run, delivered, attempts, url, error)])[0]
 
     def record_images(self, outcomes: Sequence[ImageOutcome]) -> list[PackView | None]:
-        """`record_image` for several outcomes (a partition's batch), in order, in one transaction."""
+        """`record_image` for several outcomes (a poll's batch), in order, in one transaction."""
         with self.engine.begin() as conn:
             return batch.record(conn, outcomes)
 

@@ -1,6 +1,6 @@
 """The credits ledger on its own, without Kafka: how much CPU the ledger's two hot paths
 cost per image. Packs of six images are accepted in intake-sized batches, then all their
-outcomes are recorded in partition-sized batches (mostly deliveries, a few failures that
+outcomes are recorded in poll-sized batches (mostly deliveries, a few failures that
 refund). Prints packs/s, outcomes/s and CPU seconds (this process) per 1,000 images for
 each phase. On PostgreSQL the server's own CPU is not counted.
 
