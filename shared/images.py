@@ -63,7 +63,7 @@ class LocalImageStore(ImageStore):
         self._root = os.fspath(root)
 
     async def _io(self, size: int, fn: Callable[..., T], /, *args: Any) -> T:
-        return fn(*args) if size <= self.inline_bytes else await asyncio.to_thread(fn, *args)
+        return fn(*args) if 0 < self.inline_bytes and size <= self.inline_bytes else await asyncio.to_thread(fn, *args)
 
     def path(self, pack_id: str, name: str) -> Path:
         return self.root / pack_id / name
@@ -75,7 +75,7 @@ class LocalImageStore(ImageStore):
         return os.path.join(self._root, pack_id, name)  # a string: a Path costs more per file than its I/O
 
     async def _get(self, pack_id: str, name: str) -> bytes | None:
-        return await self._io(0 if self.inline_bytes else 1, _read, self._file(pack_id, name))  # only small files
+        return await self._io(0, _read, self._file(pack_id, name))  # only small files
 
     async def _put(self, pack_id: str, name: str, data: bytes, content_type: str) -> None:
         await self._io(len(data), atomic_write, self._file(pack_id, name), data)
@@ -93,7 +93,7 @@ class LocalImageStore(ImageStore):
             _unlink(self._file(pack_id, drop))
 
     async def _delete(self, pack_id: str, name: str) -> None:
-        await self._io(0 if self.inline_bytes else 1, _unlink, self._file(pack_id, name))
+        await self._io(0, _unlink, self._file(pack_id, name))
 
     async def _open(self, pack_id: str, name: str) -> StoredImage | None:
         try:

@@ -100,10 +100,8 @@ class PackIntake:
 
 async def get_pack_intake(request: Request) -> PackIntake:
     return PackIntake(
-        from_state(request, "settings", Settings), from_state(request, "publisher", Publisher),
-        from_state(request, "limiter", RateLimiter),
-        _caught_up(request, "idempotency", IdempotencyFeed, "the idempotency keys"),
-        _caught_up(request, "instances", ApiInstances, "the api instances"), from_state(request, "keys", KeyCheck),
+        await get_settings(request), await get_publisher(request), await get_limiter(request),
+        await get_idempotency(request), await get_instances(request), await get_key_check(request),
     )
 
 

@@ -84,7 +84,9 @@ class PackView:
 
 
 @dataclass
-class _Pack:
+class PackRow:
+    """A pack as stored, the fields a view needs (its status changes as a batch applies)."""
+
     pack_id: str
     user_id: str
     cost: int
@@ -97,7 +99,7 @@ _IMAGE_COLUMNS = (IMAGES.c.image_id, IMAGES.c.kind, IMAGES.c.status, IMAGES.c.at
                   IMAGES.c.cost, IMAGES.c.charged, IMAGES.c.run)
 
 
-def view(pack: _Pack, images: list[ImageRow], balance: int | None, money_moved: int = 0, created: bool = False) -> PackView:
+def view(pack: PackRow, images: list[ImageRow], balance: int | None, money_moved: int = 0, created: bool = False) -> PackView:
     charged = sum(i.cost for i in images if i.charged)
     return PackView(pack.pack_id, pack.user_id, pack.status, pack.cost, charged, pack.reason, images, balance, money_moved, created)
 
@@ -111,7 +113,7 @@ def accept(conn: Connection, orders: Sequence[PackOrder]) -> list[PackView]:
     store; the packs' primary key still guards against another credits instance taking one
     meanwhile (an IntegrityError the caller handles)."""
     ids = {o.pack_id for o in orders}
-    known = {r.pack_id: _Pack(*r) for r in conn.execute(select(*_PACK_COLUMNS).where(PACKS.c.pack_id.in_(ids)))}
+    known = {r.pack_id: PackRow(*r) for r in conn.execute(select(*_PACK_COLUMNS).where(PACKS.c.pack_id.in_(ids)))}
     images = _images(conn, known, lock=False)
     users = {o.user_id for o in orders}
     accounts = set(conn.scalars(select(ACCOUNTS.c.user_id).where(ACCOUNTS.c.user_id.in_(users))))
@@ -126,7 +128,7 @@ def accept(conn: Connection, orders: Sequence[PackOrder]) -> list[PackView]:
             views.append(view(stored, list(images.get(pack_id, {}).values()), balance_of(conn, stored.user_id)))
             continue
         cost = sum(spec.cost for spec in order.specs)
-        pack = known[pack_id] = _Pack(pack_id, user_id, cost, PackState.PROCESSING, None)
+        pack = known[pack_id] = PackRow(pack_id, user_id, cost, PackState.PROCESSING, None)
         rows: list[ImageRow] = []
         balance: int | None = None
         if order.refusal is not None or user_id not in accounts:
@@ -160,7 +162,7 @@ def record(conn: Connection, outcomes: Sequence[ImageOutcome]) -> list[PackView 
     """`Ledger.record_images` in one transaction, holding the batch's packs' rows."""
     ids = {o.pack_id for o in outcomes}
     # Locked in pack id order: two credits instances never wait on each other's packs in a cycle.
-    packs = {r.pack_id: _Pack(*r) for r in conn.execute(
+    packs = {r.pack_id: PackRow(*r) for r in conn.execute(
         select(*_PACK_COLUMNS).where(PACKS.c.pack_id.in_(ids)).order_by(PACKS.c.pack_id).with_for_update())}
     images = _images(conn, packs, lock=True)
     balances: dict[str, int] = {}  # the running balance of each user read or moved in this batch

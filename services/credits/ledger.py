@@ -169,11 +169,8 @@ class Ledger:
             ImageRow(i.image_id, i.kind, i.status, i.attempts, i.url, i.error, i.cost, i.charged, i.run)
             for i in s.scalars(select(PackImage).where(PackImage.pack_id == pack.pack_id).order_by(PackImage.image_id))
         ]
-        return PackView(
-            pack_id=pack.pack_id, user_id=pack.user_id, status=pack.status, cost=pack.cost,
-            charged=sum(i.cost for i in images if i.charged), reason=pack.reason, images=images,
-            balance=self.balance_in(s, pack.user_id) if balance else None, money_moved=money_moved, created=created,
-        )
+        row = batch.PackRow(pack.pack_id, pack.user_id, pack.cost, pack.status, pack.reason)
+        return batch.view(row, images, self.balance_in(s, pack.user_id) if balance else None, money_moved, created)
 
     def entry_amount(self, entry_key: str) -> int | None:
         with self.sessions() as s:
