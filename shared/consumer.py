@@ -34,6 +34,8 @@ log = logging.getLogger("packline.consumer")
 
 Record: TypeAlias = "ConsumerRecord[bytes, bytes]"
 OnRebalance = Callable[[list[TopicPartition]], Awaitable[None]]
+ROOM_CHECK_S = 0.005  # how often a full read-ahead buffer is looked at
+FULL_POLL_S = 1.0  # how long a full buffer goes without a poll
 
 
 def group_member(kafka: KafkaConfig, group: str) -> AIOKafkaConsumer:
@@ -78,11 +80,21 @@ class ConsumerLoop:
     def spawn(self) -> None:
         self._task = asyncio.create_task(self._run(), name=self.name)
 
-    def read_ahead(self, queued: int, limit: int) -> None:
-        """Fetch only while fewer than `limit` messages wait in a read-ahead buffer: pause
-        every owned partition past it, resume once the buffer has room."""
+    async def read_ahead(self, queued: Callable[[], int], limit: int) -> None:
+        """Back-pressure for a read-ahead buffer: while `limit` messages wait in it, wait for
+        room rather than poll. Not by pausing the partitions: aiokafka drops the records it
+        has fetched for a paused partition and fetches them again once it is resumed, so a
+        buffer kept at its limit that way reads every message many times over (with 9,000
+        image jobs queued, that was most of the broker's and the consumer's CPU). Not
+        polling is enough: the fetcher holds at most one unread response per partition. A
+        buffer still full after FULL_POLL_S is paused and polled, so that the group neither
+        takes this member for gone nor waits on it through a rebalance."""
         assert self.consumer is not None
-        if queued >= limit:
+        waited = 0.0
+        while queued() >= limit and waited < FULL_POLL_S:
+            await asyncio.sleep(ROOM_CHECK_S)
+            waited += ROOM_CHECK_S
+        if queued() >= limit:
             self.consumer.pause(*self.consumer.assignment())
         elif self.consumer.paused():
             self.consumer.resume(*self.consumer.paused())

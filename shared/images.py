@@ -7,7 +7,9 @@ One layout in two kinds of store (`IMAGE_STORE`): a local directory (the default
     <root>/<pack_id>/<image_id>.png     the image, written whole (a file renamed into place,
                                         or one PUT), so one that exists is complete
     <root>/<pack_id>/<image_id>.json    the attempt that made it, written last: generation's
-                                        idempotency check
+                                        idempotency check (`{"attempt": n}`, or on a
+                                        directory the image's claim renamed into place,
+                                        which names the same attempt)
     <root>/<pack_id>/meta.json          the pack's owner, so the api refuses everyone else
     <root>/<pack_id>/.<image_id>.claim  during a hand-over: what services/generation/claims.py
                                         puts there (this module only stores the bytes)
@@ -21,6 +23,7 @@ import asyncio
 import contextlib
 import functools
 import itertools
+import json
 import os
 import uuid
 from collections.abc import Callable
@@ -85,9 +88,18 @@ class LocalImageStore(ImageStore):
         await self._io(sum(len(f[1]) for f in files), self._write_all, pack_id, files, meta, drop)  # one step
 
     def _write_all(self, pack_id: str, files: list[tuple[str, bytes, str]], meta: bytes | None, drop: str | None) -> None:
+        """As the base class does, but a file that `drop` already says (the claim this
+        process wrote names the attempt the marker names) is `drop` renamed onto it: one
+        step instead of a file written and another deleted. Creating a file is most of what
+        a save costs on a local disk, and the rename also makes "finished" and "no longer
+        claimed" one change."""
         if meta is not None and not os.path.exists(owner := self._file(pack_id, "meta.json")):
             atomic_write(owner, meta)
-        for name, data, _type in files:
+        for i, (name, data, _type) in enumerate(files):
+            if drop is not None and i == len(files) - 1 and _says_attempt(self._file(pack_id, drop), data):
+                with contextlib.suppress(FileNotFoundError):
+                    os.replace(self._file(pack_id, drop), self._file(pack_id, name))
+                    return
             atomic_write(self._file(pack_id, name), data)
         if drop is not None:
             _unlink(self._file(pack_id, drop))
@@ -230,6 +242,15 @@ def atomic_write(target: Path | str, data: bytes) -> None:
     with fh:
         fh.write(data)
     os.replace(tmp, target)
+
+
+def _says_attempt(path: str, marker: bytes) -> bool:
+    """The JSON file at `path` is a claim (not answered) of the attempt `marker` names."""
+    try:
+        claim = json.loads(_read(path) or b"null")
+        return isinstance(claim, dict) and not claim.get("answered") and claim.get("attempt") == json.loads(marker)["attempt"]
+    except ValueError:
+        return False
 
 
 def _read(path: str) -> bytes | None:

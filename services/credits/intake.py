@@ -85,7 +85,7 @@ class Intake(ConsumerLoop):
 
     async def step(self) -> None:
         assert self.consumer is not None
-        self.read_ahead(len(self.queue), self.settings.intake_prefetch)
+        await self.read_ahead(self.queue.__len__, self.settings.intake_prefetch)
         batches = await self.consumer.getmany(timeout_ms=100, max_records=1000)
         for tp, records in batches.items():
             for record in records:

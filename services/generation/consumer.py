@@ -90,7 +90,7 @@ class JobScheduler(ConsumerLoop):
 
     async def step(self) -> None:
         assert self.consumer is not None
-        self.read_ahead(len(self.queue), self.prefetch)  # past `prefetch` queued jobs, wait for the workers
+        await self.read_ahead(self.queue.__len__, self.prefetch)  # past `prefetch` queued jobs, wait for the workers
         batches = await self.consumer.getmany(timeout_ms=200, max_records=max(1, self.prefetch - len(self.queue)))
         for tp, records in batches.items():
             for record in records:

@@ -13,7 +13,7 @@ import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
-from shared.consumer import OrderedConsumer, Record
+from shared.consumer import FULL_POLL_S, ConsumerLoop, OrderedConsumer, Record, group_member
 from shared.kafka import KafkaConfig, Outgoing, Publisher
 
 pytestmark = pytest.mark.e2e
@@ -133,3 +133,65 @@ async def test_a_new_member_resumes_where_the_old_one_committed(kafka_bootstrap:
 
 def ends_of(*runs: list[tuple[int, int]]) -> dict[int, int]:
     return {p: 1 + max(o for run in runs for q, o in run if q == p) for p in range(PARTITIONS)}
+
+
+class Buffered(ConsumerLoop):
+    """A read-ahead consumer as intake and the job scheduler are: records wait in a buffer
+    of at most `limit` until something takes them."""
+
+    def __init__(self, bootstrap: str, group: str, topic: str, limit: int) -> None:
+        self.bootstrap, self.group, self.topic, self.limit = bootstrap, group, topic, limit
+        self.buffer: list[Record] = []
+        self.largest = 0
+
+    async def start(self) -> None:
+        self.consumer = group_member(KafkaConfig(self.bootstrap), self.group)
+        await self.consumer.start()
+        self.consumer.subscribe([self.topic])
+        self.spawn()
+
+    async def step(self) -> None:
+        assert self.consumer is not None
+        await self.read_ahead(self.buffer.__len__, self.limit)
+        batches = await self.consumer.getmany(timeout_ms=100, max_records=max(1, self.limit - len(self.buffer)))
+        for records in batches.values():
+            self.buffer.extend(records)
+        self.largest = max(self.largest, len(self.buffer))
+
+
+async def test_a_full_read_ahead_buffer_waits_for_room_without_pausing_until_it_stalls(kafka_bootstrap: str) -> None:
+    """aiokafka drops what it fetched for a paused partition and fetches it again on resume:
+    a buffer that only fills and drains is never paused. One that stays full past
+    FULL_POLL_S is paused (and polled, so the member stays in the group), then resumed."""
+    topic, group = await new_topic(kafka_bootstrap), f"g-{uuid.uuid4().hex[:8]}"
+    await publish(kafka_bootstrap, topic, 300)
+    loop = Buffered(kafka_bootstrap, group, topic, limit=20)
+    taken: dict[int, list[int]] = defaultdict(list)
+    paused_while_draining = 0
+
+    async def drain(n: int) -> None:
+        nonlocal paused_while_draining
+        for _ in range(n):
+            await until(lambda: bool(loop.buffer))
+            record = loop.buffer.pop(0)
+            taken[record.partition].append(record.offset)
+            assert loop.consumer is not None
+            paused_while_draining += bool(loop.consumer.paused())
+            await asyncio.sleep(0.002)
+
+    await loop.start()
+    try:
+        await drain(150)
+        assert paused_while_draining == 0
+        await until(lambda: len(loop.buffer) == 20)
+        assert loop.consumer is not None
+        await until(lambda: bool(loop.consumer and loop.consumer.paused()), timeout=FULL_POLL_S + 5)  # stalled: paused
+        await asyncio.sleep(1.0)
+        assert loop.consumer.assignment(), "a stalled member stays in its group"
+        await drain(150)
+    finally:
+        await loop.stop()
+    assert loop.largest <= 20
+    assert all(offsets == sorted(offsets) for offsets in taken.values())
+    assert sorted(o for offsets in taken.values() for o in offsets) == sorted(
+        o for p in range(PARTITIONS) for o in range(len(taken[p]))) and sum(map(len, taken.values())) == 300

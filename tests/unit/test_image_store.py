@@ -65,6 +65,26 @@ async def test_a_claim_is_released_with_the_save_of_its_image(tmp_path: Path) ->
     assert names == [".detail.claim", "detail.json", "detail.png", "main.json", "main.png", "meta.json"]  # no temporaries
 
 
+@pytest.mark.parametrize("inline_bytes", [INLINE_BYTES, 0], ids=["small files on the loop", "all in threads"])
+async def test_a_claim_of_the_saved_attempt_becomes_its_marker(tmp_path: Path, inline_bytes: int) -> None:
+    """On a directory the claim is renamed into the marker when it names the attempt saved;
+    any other claim (another attempt, an answered one, garbage) is deleted and the marker
+    written, so what `finished` reads is always the attempt that made the image."""
+    store = LocalImageStore(tmp_path, "http://api", inline_bytes)
+    mine = {"owner": "A", "refreshed_at": 1.0, "run": 0, "attempt": 2}
+    await store.put_claim(PACK, "main", json.dumps(mine).encode())
+    await store.save(PACK, "main", "alice", b"png", 2, release_claim=True)
+    assert json.loads((tmp_path / PACK / "main.json").read_text()) == mine  # the claim itself, renamed
+    assert await store.finished(PACK, "main") == 2 and await store.get_claim(PACK, "main") is None
+    others = {"detail": {**mine, "attempt": 1}, "scale": {**mine, "answered": True}, "lifestyle": "not json{"}
+    for image_id, claim in others.items():
+        await store.put_claim(PACK, image_id, claim.encode() if isinstance(claim, str) else json.dumps(claim).encode())
+        await store.save(PACK, image_id, "alice", b"png", 2, release_claim=True)
+        assert json.loads((tmp_path / PACK / f"{image_id}.json").read_text()) == {"attempt": 2}, image_id
+        assert await store.get_claim(PACK, image_id) is None
+    assert not [p.name for p in (tmp_path / PACK).iterdir() if p.name.endswith((".tmp", ".claim"))]
+
+
 def test_image_store_setting(tmp_path: Path) -> None:
     base = {"var_dir": tmp_path, "packline_secret": "s"}
     default = open_image_store(CommonSettings.model_validate(base))

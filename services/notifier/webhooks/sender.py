@@ -81,7 +81,7 @@ class Sender(ConsumerLoop):
     async def step(self) -> None:
         assert self.consumer is not None
         await self.endpoints.ready.wait()
-        self.read_ahead(self.offsets.pending(), self.prefetch)
+        await self.read_ahead(self.offsets.pending, self.prefetch)
         batches = await self.consumer.getmany(timeout_ms=200, max_records=max(1, self.prefetch - self.offsets.pending()))
         for tp, records in batches.items():
             for record in records:
