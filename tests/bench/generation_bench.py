@@ -27,7 +27,7 @@ from shared.consumer import read_from_start
 from shared.events import LISTING_KINDS, ImageCompleted, PackAccepted, Product, decode
 from shared.kafka import Outgoing, Publisher
 from shared.pricing import spec
-from tests.bench.common import run_with_broker
+from tests.bench.common import file_create_cost, run_with_broker
 from tests.bench.load_bench import TICKS, cpu_seconds
 from tests.harness import RunningStack
 
@@ -110,6 +110,7 @@ async def bench(args: argparse.Namespace, bootstrap: str, work: Path) -> None:
         idle = {name: cpu_seconds(pid) for name, pid in pids.items()}
         await asyncio.sleep(args.idle_s)  # what polling and heartbeats cost per second, without images
         idle = {name: (cpu_seconds(pid) - idle[name]) / args.idle_s for name, pid in pids.items()}
+        disk = file_create_cost(work)
         spy = py_spy(pids["generation"], args.py_spy) if args.py_spy else None
         trace = strace(pids["generation"], args.strace) if args.strace else None
         before = {name: cpu_seconds(pid) for name, pid in pids.items()}
@@ -128,6 +129,7 @@ async def bench(args: argparse.Namespace, bootstrap: str, work: Path) -> None:
         f"{name} {(sec - idle[name] * took) * per_k:.2f} (idle {idle[name]:.3f}/s)" for name, sec in used.items()))
     print(f"  generation in the kernel: {kernel * per_k:.2f} s per 1,000 images (system calls: sockets, files, threads)")
     print(f"  generation's CPU share:  {used['generation'] / took:.0%} of a core")
+    print(f"  just before the burst, {disk}")
 
 
 def main() -> int:

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tests.bench.common import run_with_broker
+from tests.bench.common import file_create_cost, run_with_broker
 from tests.bench.hops import hop_times, print_hops
 from tests.bench.rawhttp import Connection, sse
 from tests.harness import RunningStack
@@ -174,6 +174,7 @@ async def bench(args: argparse.Namespace, bootstrap: str, work: Path) -> None:
             pids["broker"] = int(broker_pid.read_text())
         pids["load client"] = os.getpid()
         load = Load(s, users, args.connections)
+        print(file_create_cost(work))
         try:
             await load.open_streams()
             await load.workload(200, rate=50)  # warm-up: connections, producers, the broker's JIT
@@ -184,7 +185,7 @@ async def bench(args: argparse.Namespace, bootstrap: str, work: Path) -> None:
                 wall_clock = time.time() - time.perf_counter()
                 print_hops(await hop_times(s, {p: t + wall_clock for p, t in load.run.sent.items()},
                                            {p: t + wall_clock for p, t in load.run.done.items()}))
-            for burst in args.burst:
+            for burst in filter(None, args.burst):
                 with cpu_of(pids) as used:
                     wall = await load.workload(burst, rate=None)
                 report(f"{burst} packs at once, {args.users} users", load, wall, used)

@@ -25,4 +25,16 @@ def test_the_load_benchmark_runs_the_contract_end_to_end(kafka_bootstrap: str) -
     for process in ("api", "credits", "generation", "notifier", "load client"):
         assert re.search(rf"{process} \d+\.\d\d", out.stdout), (process, out.stdout)
     assert out.stdout.count("POST -> terminal event") == 2
+    assert re.search(r"creating a file in \S+ costs \d+ us of CPU now", out.stdout), out.stdout
+
+
+def test_the_hop_benchmark_times_every_record_of_both_hops(kafka_bootstrap: str) -> None:
+    out = subprocess.run(
+        [sys.executable, "-m", "tests.bench.hop_bench", "--rates", "50", "--messages", "30", "--warm-up", "50"],
+        env={**os.environ, "KAFKA_BOOTSTRAP_SERVERS": kafka_bootstrap}, capture_output=True, text=True, timeout=120,
+    )
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "50 records/s, 30 records:" in out.stdout, out.stdout
+    for line in ("produce (send -> ack)", "hop 1 (send -> read)", "hop 2 (read, send -> read)"):
+        assert re.search(rf"{re.escape(line)}\s+p50\s+[\d.]+ p90\s+[\d.]+ p99\s+[\d.]+ ms", out.stdout), (line, out.stdout)
 

@@ -47,6 +47,9 @@ class Dispatcher:
         await self.consumer.stop()
 
     async def handle(self, record: Record) -> None:
+        await self.endpoints.ready.wait()  # the endpoints registered so far are all known
+        if not self.endpoints.index.endpoints:
+            return  # nobody to tell: not even decoded (every status event passes here)
         try:
             ev = self._decode(record.value)
         except InvalidMessage:
@@ -54,7 +57,6 @@ class Dispatcher:
         kind = event_type(ev)
         if kind is None:
             return
-        await self.endpoints.ready.wait()  # the endpoints registered so far are all known
         if not self.endpoints.index.subscribed(ev.user_id, kind):
             return
         if isinstance(ev, PackStatus):
