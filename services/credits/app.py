@@ -7,10 +7,8 @@ requests in intake.py.
 from __future__ import annotations
 
 import asyncio
-import functools
 import logging
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from fastapi import FastAPI
@@ -18,6 +16,7 @@ from fastapi import FastAPI
 from services.credits import handlers
 from services.credits.intake import Batch, Intake
 from services.credits.ledger import Ledger
+from services.credits.runner import LedgerRunner
 from services.credits.settings import Settings
 from shared import tracing
 from shared.consumer import OrderedConsumer, Record
@@ -35,21 +34,19 @@ def build(settings: Settings) -> FastAPI:
     publisher = Publisher(settings.kafka, "packline-credits")
     # Its own producer: each consumer flushes, and on a failed flush rewinds, only its own effects.
     intake_publisher = Publisher(settings.kafka, "packline-credits-intake")
-    # SQLite has one writer; PostgreSQL row locks let several threads work at once.
-    executor = ThreadPoolExecutor(max_workers=1 if settings.database_url.startswith("sqlite") else 8)
+    in_ledger = LedgerRunner(settings.database_url)
 
-    async def run(fn: Callable[..., list[Outgoing]], *args: Any, via: Publisher = publisher) -> None:
-        """Ledger work in the executor; its events leave without waiting for their acks (the
-        consumer flushes them before it commits), so a partition's results do not queue up
-        behind one round trip to Kafka each."""
-        loop = asyncio.get_running_loop()
+    async def run(fn: Callable[..., list[Outgoing]], *args: Any, items: int = 1, via: Publisher = publisher) -> None:
+        """Ledger work (runner.py says where); its events leave without waiting for their acks
+        (the consumer flushes them before it commits), so a partition's results do not queue
+        up behind one round trip to Kafka each."""
         with tracing.span("ledger transaction", {"db.system.name": ledger.engine.dialect.name, "code.function.name": fn.__name__}):
-            messages = await loop.run_in_executor(executor, functools.partial(fn, *args))
+            messages = await in_ledger(fn, *args, items=items)
         await via.enqueue(messages)
 
     async def requested(batch: Batch) -> None:
         await run(handlers.on_packs_requested, batch, ledger, t, settings.price_listing, settings.price_aplus,
-                  via=intake_publisher)
+                  items=len(batch), via=intake_publisher)
 
     async def result(ev: ImageResult, _record: Record) -> None:
         await run(handlers.on_image_result, ev, ledger, t)
@@ -72,7 +69,7 @@ def build(settings: Settings) -> FastAPI:
             return
         try:
             with tracing.per_pack([(str(ev.pack_id), record) for record, ev in typed]):
-                await run(handlers.on_image_results, [ev for _, ev in typed], ledger, t)
+                await run(handlers.on_image_results, [ev for _, ev in typed], ledger, t, items=len(typed))
         except asyncio.CancelledError:
             raise
         except Exception as exc:
@@ -86,10 +83,7 @@ def build(settings: Settings) -> FastAPI:
     topics, one = dispatch([Route(IMAGES_RESULTS, result), Route(CREDITS_COMMANDS, command)], publisher, settings)
 
     async def redrive_stalled() -> None:
-        loop = asyncio.get_running_loop()
-        await publisher.send(await loop.run_in_executor(
-            executor, functools.partial(handlers.redrive, ledger, t, settings.redrive_after_s),
-        ))
+        await publisher.send(await in_ledger(handlers.redrive, ledger, t, settings.redrive_after_s, items=100))
 
     consumer = OrderedConsumer(
         settings.kafka, f"{settings.topic_prefix}packline-credits", topics, one,
@@ -119,6 +113,6 @@ def build(settings: Settings) -> FastAPI:
         await consumer.stop()
         await intake_publisher.stop()
         await publisher.stop()
-        executor.shutdown(wait=True)
+        in_ledger.shutdown()
 
     return worker_app("credits", start, stop)

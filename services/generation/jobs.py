@@ -172,8 +172,8 @@ class JobRunner:
     async def _generate(self, job: ImageJob, source_topic: str, headers: list[tuple[str, bytes]], url: str) -> None:
         pack_id = str(job.pack_id)
         await self.limiter.acquire()
-        # GENERATING goes out while the provider works; its ack is awaited before the outcome
-        # is sent, and one producer keeps the two in order in the pack's partition.
+        # GENERATING goes out while the provider works; one producer keeps it ahead of the
+        # outcome in the pack's partition, and its ack is awaited with the outcome's (_report).
         status = handlers.generating(job, self.topics)
         generating = await self.publisher.enqueue([status], keep=False)
         handlers.log_step("job_started", job)
@@ -227,12 +227,16 @@ class JobRunner:
         """The provider has answered: its answer reaches Kafka without the provider being asked
         again. A failed call leaves nothing in the store, so a job run again after a Kafka
         outage would pay for the same attempt twice; the outcome is sent again here instead,
-        behind its GENERATING (same event ids: consumers drop the copies)."""
+        behind its GENERATING (same event ids: consumers drop the copies).
+
+        The outcome is handed over right behind its GENERATING, before that one's ack: one
+        producer keeps the two image statuses in order in the pack's partition, and an image
+        made at once does not wait a round trip to Kafka more (real ones take long enough
+        for the ack to be back anyway). Both acks are awaited before the job ends."""
         pending, messages, tries = generating, outcome, 0
         while True:
             try:
-                await self.publisher.wait(pending)
-                await self.publisher.send(messages)
+                await self.publisher.wait([*pending, *await self.publisher.enqueue(messages, keep=False)])
                 return
             except BrokerUnavailable as exc:
                 tries += 1

@@ -12,6 +12,7 @@ from starlette.middleware.cors import CORSMiddleware
 
 from services.notifier import reads
 from services.notifier.consumer import HistoryReader, StatusFeed
+from services.notifier.fastpath import StreamFastPath
 from services.notifier.fresh import LogEnd
 from services.notifier.readmodel import ReadModel
 from services.notifier.routes import router
@@ -89,5 +90,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(health_router("notifier", readiness))
     app.include_router(router)
     app.include_router(reads.router)
+    paths = {getattr(route, "path", None): route for route in router.routes}
+    # Outside CORS (a request with an Origin goes past it), inside the metrics.
+    app.add_middleware(StreamFastPath, pack_route=paths["/v1/packs/{pack_id}/events"], user_route=paths["/v1/events"])
     app.add_middleware(ObserveHttp, service="notifier")  # outermost: spans and durations cover everything above
     return app
