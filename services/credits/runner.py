@@ -5,7 +5,9 @@ request or a few image outcomes) runs on the event loop itself while that thread
 A millisecond of SQLite costs less there than the two hand-offs around it, to the thread
 and back, which took 0.6 ms at p50 and 4-8 ms at p90 in credits at 10 packs/s on two
 shared cores. A large batch still goes to the thread, so the loop goes on fetching and
-decoding the next one while SQLite writes."""
+decoding the next one while SQLite writes. Several credits processes on one SQLite file
+(tests and chaos runs; production runs PostgreSQL) can keep a transaction on the loop
+waiting for the file's lock as long as another process's transaction: milliseconds."""
 
 from __future__ import annotations
 

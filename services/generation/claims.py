@@ -5,7 +5,8 @@ directory or S3.
 Every image is claimed as the provider starts on it (in the background, off the call's
 path), rewritten every CLAIM_REFRESH_S, and released in the step that saves the image:
 deleted after its marker, or on a directory renamed into the marker, which it can be
-since it names the same attempt (jobs.py, shared/images.py). When a rebalance takes a partition away from a process that is
+since it names the same attempt (jobs.py, shared/images.py). When a rebalance takes a
+partition away from a process that is
 still making some of its images, that process makes sure their claims are written before
 the partition goes. The new owner of the partition, reading those jobs again, sees the
 claim and waits for the image instead of paying the provider a second time. A claim whose
