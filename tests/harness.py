@@ -249,7 +249,11 @@ async def rebalance_mid_generation(s: RunningStack, fake: FakeImagesApi) -> None
     starts all 60 images of 10 packs, each call hanging 15 s; generation-2 joins meanwhile
     and the rebalance hands it jobs in flight. Every pack completes, the provider is paid
     once per image, and generation-2 did wait on a claim (else the test proved nothing)."""
-    s.stack.stop("generation-2")  # generation-1 owns every partition now
+    # generation-1 alone owns every partition, with no rebalance left under way when the packs
+    # come (jobs read again by a rebalance would wait on their first copy, holding workers).
+    await s.shares_settled(["generation-1", "generation-2"])
+    s.stack.stop("generation-2")
+    await s.shares_settled(["generation-1"])
     fake.plan.extend([("hang", 15)] * 60)  # each of the first 60 calls takes 15 s
     user = await s.create_user(credits=60)
     packs = [(await s.post_pack(user)).json()["pack_id"] for _ in range(10)]
