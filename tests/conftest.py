@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -64,6 +65,7 @@ def postgres_server() -> str:
 def postgres_url(postgres_server: str) -> Iterator[str]:
     """A fresh database per test, dropped afterwards."""
     from sqlalchemy import create_engine, text
+    from sqlalchemy.exc import DBAPIError
 
     name = f"t_{uuid.uuid4().hex[:12]}"
     admin = create_engine(postgres_server, isolation_level="AUTOCOMMIT")
@@ -72,8 +74,17 @@ def postgres_url(postgres_server: str) -> Iterator[str]:
     try:
         yield postgres_server.rsplit("/", 1)[0] + "/" + name
     finally:
-        with admin.connect() as conn:
-            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        for attempt in range(10):
+            try:
+                with admin.connect() as conn:
+                    conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+                break
+            except DBAPIError:
+                # An autovacuum worker on the new database is a session FORCE may not end
+                # without superuser rights; it finishes within moments.
+                if attempt == 9:
+                    raise
+                time.sleep(0.5)
         admin.dispose()
 
 

@@ -147,8 +147,8 @@ async def test_a_client_that_stops_reading_holds_back_nobody_and_is_cut_off() ->
             await asyncio.sleep(0)
         got = await read_events(reader, "201")
         assert got[-1] == "201" and len(got) == 201  # every event, while the other one took none
-        for _ in range(200):  # the stalled one: cut off once its write has waited send_timeout_s
-            if hub.cut:
+        for _ in range(200):  # the stalled one: cut off once its write has waited send_timeout_s, then gone
+            if hub.cut and len(hub.streams) == 1:
                 break
             await asyncio.sleep(0.05)
         assert hub.cut == 1 and len(hub.streams) == 1
