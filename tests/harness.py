@@ -249,8 +249,7 @@ async def rebalance_mid_generation(s: RunningStack, fake: FakeImagesApi) -> None
     starts the 60 images of 10 packs, each call hanging 15 s; generation-2 joins meanwhile
     and the rebalance hands it jobs in flight. Every pack completes, the provider is paid
     once per image, and generation-2 did wait on a claim (else the test proved nothing)."""
-    # generation-1 alone owns every partition, with no rebalance left under way when the packs
-    # come (jobs read again by a rebalance would wait on their first copy, holding workers).
+    # generation-1 alone owns every partition, with no rebalance left under way when the packs come.
     await s.shares_settled(["generation-1", "generation-2"])
     s.stack.stop("generation-2")
     await s.shares_settled(["generation-1"])
@@ -258,7 +257,7 @@ async def rebalance_mid_generation(s: RunningStack, fake: FakeImagesApi) -> None
     user = await s.create_user(credits=60)
     packs = [(await s.post_pack(user)).json()["pack_id"] for _ in range(10)]
     deadline = time.monotonic() + 60
-    while len(fake.requests) < 50:  # most images are at the provider (jobs read again may hold a few back)
+    while len(fake.requests) < 60:  # every image is at the provider
         assert time.monotonic() < deadline, f"{len(fake.requests)} calls"
         await asyncio.sleep(0.2)
     s.stack.start("generation-2")  # a rebalance hands some partitions, and their unfinished jobs, over

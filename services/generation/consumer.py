@@ -61,9 +61,8 @@ class JobScheduler(ConsumerLoop):
         self.offsets: OffsetTracker[TopicPartition] = OffsetTracker()
         self.running: dict[asyncio.Task[None], Queued] = {}
         self._idle = asyncio.Event()  # set while no job is running
-        # Per partition: offsets below this were there when this process got the partition,
-        # so another process may have been making them (see JobRunner.claim_running).
         self._workers: list[asyncio.Task[None]] = []
+        self._waiting: set[asyncio.Task[None]] = set()  # copies of running jobs, see _wait_outside
         self._last_commit = 0.0
 
     async def start(self) -> None:
@@ -81,9 +80,9 @@ class JobScheduler(ConsumerLoop):
         if self.running:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._idle.wait(), self.shutdown_grace_s)
-        for worker in self._workers:
-            worker.cancel()
-        await asyncio.gather(*self._workers, return_exceptions=True)
+        for task in [*self._workers, *self._waiting]:
+            task.cancel()
+        await asyncio.gather(*self._workers, *self._waiting, return_exceptions=True)
         with contextlib.suppress(Exception):
             await self._commit(force=True)
         await super().stop()
@@ -107,6 +106,9 @@ class JobScheduler(ConsumerLoop):
     async def _work(self) -> None:
         while True:
             item = await self.queue.get()
+            if self.runner.is_running(item.job):
+                self._wait_outside(item)
+                continue
             task = asyncio.current_task()
             assert task is not None
             self.running[task] = item
@@ -118,6 +120,19 @@ class JobScheduler(ConsumerLoop):
                 del self.running[task]
                 if not self.running:
                     self._idle.set()
+
+    def _wait_outside(self, item: Queued) -> None:
+        """A copy of a job running here (read again after a rebalance) waits for that run
+        outside the pool: a worker held by it could not start another user's job meanwhile,
+        and a rebalance while many calls hang would leave the pool full of waiting copies."""
+        async def wait() -> None:
+            if await self.runner.settled_by_running(item.job):
+                self.offsets.done(item.tp, item.record.offset)
+            elif self.consumer is not None and item.tp in self.consumer.assignment():
+                self.queue.put(item.job.user_id, item)  # that run died, or this is a later attempt: run it
+        task = asyncio.create_task(wait(), name=f"images-jobs-copy-{item.record.offset}")
+        self._waiting.add(task)
+        task.add_done_callback(self._waiting.discard)
 
     async def _job(self, ev: ImageJob, record: Record) -> None:
         await self.runner.run(ev, record.topic, record.headers)

@@ -59,16 +59,9 @@ class JobRunner:
     async def run(self, job: ImageJob, source_topic: str, headers: Any) -> None:
         """One job, read for the first time or again (a partition taken over from a process
         that may still be making the image, see `claim_running`; or a copy)."""
+        if await self.settled_by_running(job):
+            return
         key = _key(job)
-        while (running := self.in_flight.get(key)) is not None:
-            # A redelivered copy of a job this process is already generating (after a
-            # rebalance): wait for it rather than generate twice, and do not return (and let
-            # the offset move) before it is done. Run it ourselves if that copy died. A later
-            # attempt (a retry come back while the attempt before it is still ending) is no
-            # copy: it waits for that attempt, then runs.
-            attempt, done = running
-            if await asyncio.shield(done) and attempt >= job.attempt:
-                return
         finished: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
         self.in_flight[key] = (job.attempt, finished)
         ok = False
@@ -88,6 +81,25 @@ class JobRunner:
                 # for this run, one read later finds the image or the answered mark.
                 del self.in_flight[key]
                 finished.set_result(ok)
+
+    def is_running(self, job: ImageJob) -> bool:
+        """Whether a run of this job's image (any attempt) is in flight in this process."""
+        return _key(job) in self.in_flight
+
+    async def settled_by_running(self, job: ImageJob) -> bool:
+        """Waits for the runs of this job's image in flight here; True when one of them, of
+        this attempt or a later one, ended with its effects published: nothing is left to do.
+
+        A redelivered copy of a job this process is already generating (after a rebalance)
+        waits rather than generate twice, and does not return (and let the offset move)
+        before that run is done; it runs itself if that run died. A later attempt (a retry
+        come back while the attempt before it is still ending) is no copy: it waits for that
+        attempt, then runs."""
+        while (running := self.in_flight.get(_key(job))) is not None:
+            attempt, done = running
+            if await asyncio.shield(done) and attempt >= job.attempt:
+                return True
+        return False
 
     async def claim_running(self, jobs: Iterable[ImageJob]) -> None:
         """These jobs' partitions are being taken from this process while it makes their
