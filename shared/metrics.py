@@ -63,7 +63,11 @@ class ObserveHttp:
             await self.app(scope, receive, sending)
         finally:
             route = getattr(scope.get("route"), "path", None) or "unmatched"
-            HTTP_SECONDS.labels(self.service, scope.get("method", "GET"), route, str(status)).observe(time.perf_counter() - started)
+            observe_http(self.service, scope.get("method", "GET"), route, status, time.perf_counter() - started)
+
+
+def observe_http(service: str, method: str, route: str, status: int, seconds: float) -> None:
+    HTTP_SECONDS.labels(service, method, route, str(status)).observe(seconds)
 
 
 @dataclass

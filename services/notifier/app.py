@@ -9,6 +9,7 @@ from typing import Any
 
 from fastapi import FastAPI
 from starlette.middleware.cors import CORSMiddleware
+from starlette.types import ASGIApp
 
 from services.notifier import reads
 from services.notifier.consumer import HistoryReader, StatusFeed
@@ -79,7 +80,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         return {"status": "ok" if ready else "starting", "packs": len(store.packs), "revocations": revocations.records,
                 "statements": "ok" if statements.ready.is_set() else "starting"}
 
-    app = FastAPI(title="packline notifier", version="1.0.0", lifespan=lifespan)
+    paths = {getattr(route, "path", None): route for route in router.routes}
+    app = Notifier(title="packline notifier", version="1.0.0", lifespan=lifespan)
+    app.stream_routes = (paths["/v1/packs/{pack_id}/events"], paths["/v1/events"])
     app.state.settings, app.state.feed, app.state.statements = settings, feed, statements
     app.state.log_end, app.state.hub = log_end, hub
     app.state.keys = KeyCheck(settings.keyring, revocations, usage)
@@ -90,8 +93,16 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(health_router("notifier", readiness))
     app.include_router(router)
     app.include_router(reads.router)
-    paths = {getattr(route, "path", None): route for route in router.routes}
-    # Outside CORS (a request with an Origin goes past it), inside the metrics.
-    app.add_middleware(StreamFastPath, pack_route=paths["/v1/packs/{pack_id}/events"], user_route=paths["/v1/events"])
-    app.add_middleware(ObserveHttp, service="notifier")  # outermost: spans and durations cover everything above
+    app.add_middleware(ObserveHttp, service="notifier")  # spans and durations cover everything above
     return app
+
+
+class Notifier(FastAPI):
+    """The notifier's app: the stream fast path goes in front of the whole middleware stack
+    (FastAPI's own included): a stream's every wake-up and write pass through no middleware."""
+
+    stream_routes: tuple[object, object] = (None, None)
+
+    def build_middleware_stack(self) -> ASGIApp:
+        pack_route, user_route = self.stream_routes
+        return StreamFastPath(super().build_middleware_stack(), pack_route=pack_route, user_route=user_route)

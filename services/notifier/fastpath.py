@@ -1,11 +1,12 @@
-"""The two event streams served ahead of FastAPI's routing, for the ordinary request: a GET
-with one Bearer API key holding `packs:read`, no `Origin` (so no CORS to answer), no query
-but `last_event_id`, once the notifier has caught up, for a pack already known (or the
-user's stream). A stream lives as long as its client stays, and through the routes every
-one kept the whole ASGI stack alive for that long (a dozen middleware and routing frames,
-the request, FastAPI's resolved dependencies), and every event it wrote went through the
-send wrappers of three middlewares. Here a stream holds only its own objects, and writes
-through ObserveHttp's wrapper alone (the request metric still counts it).
+"""The two event streams served ahead of FastAPI's middleware and routing, for the ordinary
+request: a GET with one Bearer API key holding `packs:read`, no `Origin` (so no CORS to
+answer), no query but `last_event_id`, once the notifier has caught up, for a pack already
+known (or the user's stream). A stream lives as long as its client stays, and through the
+routes every one kept the whole ASGI stack alive for that long (a dozen middleware and
+routing frames, the request, FastAPI's resolved dependencies), every event it wrote went
+through the send wrappers of the middlewares, and every wake-up resumed all their frames.
+Here a stream holds only its own objects and writes straight to the server's `send`; it
+records the request metric itself, as ObserveHttp would.
 
 Anything else goes to the app unchanged, which answers as it always did (401, 403, 404,
 503, stream tokens, CORS): the checks here only decide which way to go and answer
@@ -14,6 +15,7 @@ own check would make as well."""
 
 from __future__ import annotations
 
+import time
 from functools import partial
 from urllib.parse import parse_qsl
 
@@ -23,7 +25,9 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from services.notifier import streams
 from services.notifier.consumer import StatusFeed
 from services.notifier.sse import EventStream, Frames, Hub
+from shared import tracing
 from shared.http import KeyCheck
+from shared.metrics import observe_http
 
 PACKS, EVENTS = "/v1/packs/", "/events"
 
@@ -38,7 +42,11 @@ class StreamFastPath:
         if frames is None:
             await self.app(scope, receive, send)
             return
-        await EventStream(frames, scope["app"].state.hub)(scope, receive, send)
+        started = time.perf_counter()
+        try:
+            await EventStream(frames, scope["app"].state.hub)(scope, receive, send)
+        finally:
+            observe_http("notifier", "GET", getattr(scope["route"], "path", "unmatched"), 200, time.perf_counter() - started)
 
     def _frames(self, scope: Scope) -> Frames | None:
         """The stream's frames, when this request is an ordinary one; else None."""
@@ -50,7 +58,7 @@ class StreamFastPath:
                 return None
         else:
             return None
-        if scope.get("fastapi.telemetry") is not None:  # FastAPI's own spans name the route: let it make them
+        if tracing.enabled():  # FastAPI's own spans name the route: let it make them
             return None
         auth: list[bytes] = []
         last_id: str | None = None

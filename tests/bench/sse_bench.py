@@ -37,8 +37,12 @@ def rss_kb(pid: int) -> int:
 
 def cpu_s(pid: int) -> float:
     """User + system CPU seconds of a process so far."""
+    return sum(user_system_s(pid))
+
+
+def user_system_s(pid: int) -> tuple[float, float]:
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return int(fields[11]) / os.sysconf("SC_CLK_TCK"), int(fields[12]) / os.sysconf("SC_CLK_TCK")
 
 
 MARK = b'"error": "t='
@@ -139,6 +143,7 @@ async def bench(args: argparse.Namespace, bootstrap: str, work: Path) -> None:
         connect_s = time.monotonic() - started
         rss_after = rss_kb(pid)
         cpu.append((cpu_s(pid), time.process_time()))
+        split = user_system_s(pid)
         for n in range(args.events):
             await publisher.send([
                 Outgoing.of(topics.packs_status, ImageStatus(pack_id=p, user_id=u, image=ImageEntry(
@@ -151,6 +156,7 @@ async def bench(args: argparse.Namespace, bootstrap: str, work: Path) -> None:
         except TimeoutError:
             pass
         cpu.append((cpu_s(pid), time.process_time()))
+        user, system = (after - before for after, before in zip(user_system_s(pid), split, strict=True))
         rss_end = rss_kb(pid)
         for c in clients:
             c.close()
@@ -163,7 +169,8 @@ async def bench(args: argparse.Namespace, bootstrap: str, work: Path) -> None:
         print(f"notifier RSS        {rss_before / 1024:.1f} MiB idle -> {rss_after / 1024:.1f} MiB with clients "
               f"({(rss_after - rss_before) / max(1, args.clients):.1f} KiB per connection); {rss_end / 1024:.1f} MiB after the events")
         print(f"CPU seconds         notifier: connect {n1 - n0:.2f}, events {n2 - n1:.2f} "
-              f"({(n2 - n1) / max(1, len(lat)) * 1e6:.0f} us per event delivered); bench client: {c1 - c0:.2f}, {c2 - c1:.2f}")
+              f"({(n2 - n1) / max(1, len(lat)) * 1e6:.0f} us per event delivered, {system / max(1e-9, user + system):.0%} of it "
+              f"in the kernel); bench client: {c1 - c0:.2f}, {c2 - c1:.2f}")
         load = os.getloadavg()
         print(f"load average        {load[0]:.1f} {load[1]:.1f} {load[2]:.1f} (2 cores; other work on the machine shows here)")
     finally:
