@@ -19,6 +19,7 @@ from services.notifier.sse import Hub
 from services.notifier.state import PackView, Store
 from shared.auth import AuthError, Keyring, StreamClaims
 from shared.http import ApiKey, KeyCheck, Scoped, from_state, not_ready, unauthorized
+from shared.revocations import Revocations
 
 Token = Annotated[str | None, Query(max_length=2000, description="stream token from POST /v1/packs")]
 UserToken = Annotated[str | None, Query(alias="token", max_length=2000, description="user stream token from POST /v1/stream-tokens")]
@@ -107,11 +108,14 @@ StreamCaller = Annotated[Caller, Depends(stream_caller)]
 KeyCaller = Annotated[Caller, Depends(key_caller)]
 
 
-def _allowed(request: Request, caller: Caller) -> streams.Allowed:
+def still_valid(revocations: Revocations, key: Caller | ApiKey) -> streams.Allowed:
     """Asked by a stream after every wake-up (a revocation wakes the user's streams): is
     the key it was opened with, or the key behind its token, still valid?"""
-    revocations = from_state(request, "keys", KeyCheck).revocations
-    return lambda: revocations.allows(caller.user_id, caller.generation, caller.key_id)
+    return lambda: revocations.allows(key.user_id, key.generation, key.key_id)
+
+
+def _allowed(request: Request, caller: Caller) -> streams.Allowed:
+    return still_valid(from_state(request, "keys", KeyCheck).revocations, caller)
 
 
 async def pack_allowed(request: Request, caller: PackCaller) -> streams.Allowed:

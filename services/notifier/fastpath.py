@@ -24,6 +24,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from services.notifier import streams
 from services.notifier.consumer import StatusFeed
+from services.notifier.deps import still_valid
 from services.notifier.sse import EventStream, Frames, Hub
 from shared import tracing
 from shared.http import KeyCheck
@@ -42,9 +43,11 @@ class StreamFastPath:
         if frames is None:
             await self.app(scope, receive, send)
             return
+        hub = scope["app"].state.hub
+        assert isinstance(hub, Hub)
         started = time.perf_counter()
         try:
-            await EventStream(frames, scope["app"].state.hub)(scope, receive, send)
+            await EventStream(frames, hub)(scope, receive, send)
         finally:
             observe_http("notifier", "GET", getattr(scope["route"], "path", "unmatched"), 200, time.perf_counter() - started)
 
@@ -74,8 +77,8 @@ class StreamFastPath:
             return None
         last_id = last_id or (query[0][1] if query else None) or None
         state = scope["app"].state
-        feed, check, hub = state.feed, state.keys, state.hub
-        assert isinstance(feed, StatusFeed) and isinstance(check, KeyCheck) and isinstance(hub, Hub)
+        feed, check = state.feed, state.keys
+        assert isinstance(feed, StatusFeed) and isinstance(check, KeyCheck)
         if not feed.ready.is_set():
             return None
         try:
@@ -84,11 +87,7 @@ class StreamFastPath:
             return None
         if key is None or not key.has("packs:read"):
             return None
-        revocations = check.revocations
-
-        def allowed() -> bool:
-            return revocations.allows(key.user_id, key.generation, key.key_id)
-
+        allowed = still_valid(check.revocations, key)
         if pack_id is None:
             scope["route"] = self.user_route
             return partial(streams.user_events, feed.store, key.user_id, last_id, allowed)
