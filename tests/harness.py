@@ -246,14 +246,14 @@ async def flood_revocations(stack: RunningStack, n: int) -> None:
 
 async def rebalance_mid_generation(s: RunningStack, fake: FakeImagesApi) -> None:
     """A stack with generation-1 and generation-2 on the fake provider: generation-1 alone
-    starts the 60 images of 10 packs, each call hanging 15 s; generation-2 joins meanwhile
+    starts the 60 images of 10 packs, each call hanging 25 s; generation-2 joins meanwhile
     and the rebalance hands it jobs in flight. Every pack completes, the provider is paid
     once per image, and generation-2 did wait on a claim (else the test proved nothing)."""
     # generation-1 alone owns every partition, with no rebalance left under way when the packs come.
     await s.shares_settled(["generation-1", "generation-2"])
     s.stack.stop("generation-2")
     await s.shares_settled(["generation-1"])
-    fake.plan.extend([("hang", 15)] * 60)  # each of the first 60 calls takes 15 s
+    fake.plan.extend([("hang", 25)] * 60)  # each of the first 60 calls takes 25 s: the rebalance comes well within it
     user = await s.create_user(credits=60)
     packs = [(await s.post_pack(user)).json()["pack_id"] for _ in range(10)]
     deadline = time.monotonic() + 60

@@ -4,6 +4,8 @@ and, between changes, waits on one future that any of these resolves: its pack's
 user's signal (one call per change for all the streams waiting on it), the keep-alive
 clock, its client's disconnect (a small task per stream waits for it), the server's stop.
 Frames are encoded once per event and shared (`frames.py`); nothing is queued per stream.
+A stream waiting with nothing unsent is not even woken for a change: the change's frames
+are written to its connection at once, by the code that applied it (`DirectWrite`).
 
 One `Hub` task per process keeps the clock: every tick it pings the streams that wrote
 nothing for `ping_s`, ends every stream when the server is asked to stop, and cuts off a
@@ -17,20 +19,37 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
-from collections.abc import AsyncGenerator, Callable
+from collections.abc import AsyncGenerator, Callable, Iterator
 from contextlib import aclosing
+from typing import Any
 
-from prometheus_client import Gauge
+from prometheus_client import REGISTRY, Gauge
+from prometheus_client.core import CounterMetricFamily
 from sse_starlette.sse import AppStatus  # its hook on uvicorn's exit: set when the server is asked to stop
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
 from services.notifier.frames import PING, Frame
-from services.notifier.streams import Wait
+from services.notifier.streams import Take, Wait
 from services.notifier.wake import Signal, Waiter, Wake
 
 log = logging.getLogger("packline.notifier.sse")
 SUBSCRIBERS = Gauge("packline_sse_subscribers", "open SSE connections")
+
+
+class _DirectWrites:
+    """packline_sse_direct_writes_total: a plain count on the hot path (no lock per write),
+    read when /metrics is scraped."""
+
+    count = 0
+
+    def collect(self) -> Iterator[CounterMetricFamily]:
+        yield CounterMetricFamily("packline_sse_direct_writes", "SSE writes made by the change itself, no stream task woken",
+                                  value=self.count)
+
+
+DIRECT_WRITES = _DirectWrites()
+REGISTRY.register(DIRECT_WRITES)
 Frames = Callable[[Wait], AsyncGenerator[Frame, None]]
 
 
@@ -43,35 +62,64 @@ class Ended(Exception):
 
 
 class Stream:
-    __slots__ = ("cut", "ended", "last_write", "send", "sending_since", "task", "waiter", "waiting")
+    __slots__ = ("cut", "direct", "ended", "last_write", "loop", "send", "sending_since", "take", "task", "waiter",
+                 "waiting")
 
-    def __init__(self, send: Send, task: asyncio.Task[object], now: float) -> None:
+    def __init__(self, send: Send, task: asyncio.Task[object]) -> None:
         self.send, self.task, self.waiter = send, task, Waiter()
-        self.last_write, self.sending_since = now, 0.0  # 0: no write under way
+        self.direct = DirectWrite.of(send)
+        self.take: Take | None = None  # what the generator waiting now offers (streams.Take)
+        if self.direct is not None:
+            self.waiter.on_change = self._take
+        self.loop = asyncio.get_running_loop()
+        self.last_write, self.sending_since = self.loop.time(), 0.0  # 0: no write under way
         self.waiting = False
         self.ended: Wake | None = None
         self.cut = False
 
     async def write(self, data: bytes) -> None:
-        loop = asyncio.get_running_loop()
-        self.sending_since = loop.time()
+        self.sending_since = self.loop.time()
         await self.send({"type": "http.response.body", "body": data, "more_body": True})
         self.sending_since = 0.0
-        self.last_write = loop.time()
+        self.last_write = self.loop.time()
 
-    async def wait(self, changed: Signal) -> None:
-        """Until `changed` fires, sending pings meanwhile; raises `Ended`."""
-        while self.ended is None:
-            self.waiting = True
-            try:
-                reason = await self.waiter.until(changed)
-            finally:
-                self.waiting = False
-            if reason is Wake.CHANGED:
-                return
-            if reason is Wake.PING:
-                await self.write(PING)
-        raise Ended(self.ended)
+    async def wait(self, changed: Signal, take: Take) -> None:
+        """Until `changed` brings what the stream's generator must see, sending pings
+        meanwhile; raises `Ended`. The frames `take` gives while the stream waits are
+        written at once, without waking this task (see DirectWrite)."""
+        self.take = take
+        try:
+            while self.ended is None:
+                self.waiting = True
+                try:
+                    reason = await self.waiter.until(changed)
+                finally:
+                    self.waiting = False
+                if reason is Wake.CHANGED:
+                    return
+                if reason is Wake.PING:
+                    await self.write(PING)
+            raise Ended(self.ended)
+        finally:
+            self.take = None
+
+    def _take(self) -> bool:
+        """A change while waiting: True when its frames went out here (the task sleeps on)."""
+        direct, take = self.direct, self.take
+        if not self.waiting or take is None or self.ended is not None or direct is None or not direct.ready():
+            return False
+        due = take()
+        if due is None:
+            return False
+        data, then = due
+        if data:
+            direct.write(data)
+            self.last_write = self.loop.time()
+            DIRECT_WRITES.count += 1
+        if then is None:  # the stream ends with these: the task finishes the response
+            return False
+        self.waiter.follow(then)
+        return True
 
     def end(self, reason: Wake) -> None:
         if self.ended is None:
@@ -82,6 +130,44 @@ class Stream:
         if not self.cut:
             self.cut = True
             self.task.cancel()
+
+
+class DirectWrite:
+    """Writes a waiting stream's frames straight to its connection, from the code that
+    applied the change: no task wakes, and the write passes through no ASGI layer (which
+    was most of a delivery's cost with thousands of streams). Only where it is known to be
+    safe: the server is uvicorn's httptools protocol (found by its attributes), the response
+    is chunked and not finished, the client is connected, and nothing waits in the
+    socket's buffer. Otherwise, and for every other server, the stream's task writes
+    through ASGI's `send` as always, with the server's flow control."""
+
+    __slots__ = ("cycle", "transport")
+
+    def __init__(self, cycle: Any, transport: Any) -> None:
+        self.cycle, self.transport = cycle, transport
+
+    @classmethod
+    def of(cls, send: Send) -> DirectWrite | None:
+        """For a response already started with `send`."""
+        cycle = getattr(send, "__self__", None)
+        transport = getattr(cycle, "transport", None)
+        if getattr(cycle, "chunked_encoding", None) is not True or getattr(cycle, "response_complete", True) \
+                or not hasattr(cycle, "disconnected") or not hasattr(transport, "get_write_buffer_size"):
+            return None
+        return cls(cycle, transport)
+
+    def ready(self) -> bool:
+        """Not when the client left, or reads slowly: the server's flow control decides then."""
+        return not (self.cycle.disconnected or self.transport.get_write_buffer_size())
+
+    def write(self, data: bytes) -> None:
+        last, chunk = DirectWrite._last
+        if data is not last:  # a pack's streams are written one after another with the same bytes
+            chunk = b"%x\r\n%b\r\n" % (len(data), data)  # one chunk, as uvicorn frames a body
+            DirectWrite._last = (data, chunk)
+        self.transport.write(chunk)
+
+    _last: tuple[bytes, bytes] = (b"", b"")
 
 
 class Hub:
@@ -147,7 +233,7 @@ class EventStream(Response):
             return
         task = asyncio.current_task()
         assert task is not None
-        stream = Stream(send, task, asyncio.get_running_loop().time())
+        stream = Stream(send, task)
         listener = asyncio.ensure_future(_disconnect(receive))
         listener.add_done_callback(lambda _: stream.end(Wake.GONE))
         self.hub.add(stream)

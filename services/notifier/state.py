@@ -28,7 +28,7 @@ from collections import OrderedDict, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Protocol, TypeVar
+from typing import Any, Protocol
 
 from services.notifier import frames
 from services.notifier.readmodel import ReadModel, StoredPack, pack_ints, snapshot_json, unpack_ints
@@ -54,10 +54,18 @@ class Rendered:
     body: bytes  # its `event:` and `data:` lines (JSON, as it was at that point in the stream), encoded once for every stream
     partition: int = -1
     position: int = -1
+    framed: bytes | None = None  # with its pack-stream id line, made when first streamed
 
     @property
     def data(self) -> str:
         return frames.data_of(self.body)
+
+    def pack_frame(self) -> bytes:
+        """The event as a pack's stream sends it (its id is its sequence number): the same
+        bytes for every stream of the pack, made once."""
+        if self.framed is None:
+            self.framed = b"id: %d\r\n%b" % (self.seq, self.body)
+        return self.framed
 
 
 @dataclass(slots=True)
@@ -107,6 +115,8 @@ class PackView:
         """Events after `last_seq`, or None when that id cannot be resumed from."""
         if last_seq == self.seq:
             return []
+        if last_seq == self.seq - 1 and self.history and self.history[-1].seq == self.seq:
+            return [self.history[-1]]  # a live stream, one event behind: the usual case
         if last_seq > self.seq or not self.history or last_seq < self.history[0].seq - 1:
             return None
         fresh = []
@@ -333,17 +343,25 @@ class Store:
 
     # --- streams ------------------------------------------------------------------------
     def _wake(self, pack: PackView) -> None:
-        pack.changed = _renew(pack.changed)
+        # The fresh signals are in place before the old ones fire: a stream that takes the
+        # change at once, without waking (sse.py), follows the fresh one.
+        fired, pack.changed = pack.changed, Signal()
         self.recent.touch(pack.user_id, pack.pack_id)
-        if pack.user_id in self.user_changed:
-            self.user_changed[pack.user_id] = _renew(self.user_changed[pack.user_id])
+        user = self.user_changed.get(pack.user_id)
+        if user is not None:
+            self.user_changed[pack.user_id] = Signal()
+        fired.set()
+        if user is not None:
+            user.set()
 
     def wake_user(self, user_id: str) -> None:
         """Wake every stream of this user (its key was revoked: each stream checks its own)."""
         for pack_id in self.by_user.get(user_id, ()):
             self._wake(self.packs[pack_id])
-        if user_id in self.user_changed:  # also when the user has no pack yet
-            self.user_changed[user_id] = _renew(self.user_changed[user_id])
+        user = self.user_changed.get(user_id)
+        if user is not None:  # also when the user has no pack yet
+            self.user_changed[user_id] = Signal()
+            user.set()
 
     def user_event(self, user_id: str) -> Signal:
         return self.user_changed.setdefault(user_id, Signal())
@@ -388,11 +406,8 @@ class Store:
         return sorted(stale)
 
 
-_E = TypeVar("_E", asyncio.Event, Signal)
-
-
-def _renew(old: _E) -> _E:
+def _renew(old: asyncio.Event) -> asyncio.Event:
     """Waiters hold the old one; setting it wakes all of them at once, and newcomers wait
     on the fresh one."""
     old.set()
-    return type(old)()
+    return asyncio.Event()

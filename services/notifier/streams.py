@@ -11,16 +11,20 @@ from services.notifier.state import Cursor, PackView, Rendered, Store
 from services.notifier.wake import Signal
 
 Allowed = Callable[[], bool]
+# What a waiting stream may be sent at once when its signal fires, without its generator
+# running: the frames due, encoded (and the signal to follow next, None when the stream
+# ends with them); None when the generator must look itself (a revocation, a resync).
+Take = Callable[[], "tuple[bytes, Signal | None] | None"]
 # How a stream waits for its next change: the HTTP response passes one that also sends
-# keep-alive pings meanwhile and ends the stream when the client leaves.
-Wait = Callable[[Signal], Awaitable[None]]
+# keep-alive pings meanwhile, ends the stream when the client leaves, and may use `take`.
+Wait = Callable[[Signal, Take], Awaitable[None]]
 
 
 def always() -> bool:
     return True
 
 
-def _wait(signal: Signal) -> Awaitable[None]:
+def _wait(signal: Signal, _take: Take) -> Awaitable[None]:
     return signal.wait()
 
 
@@ -34,16 +38,29 @@ async def pack_events(
     """`allowed` is asked after every wake-up: a revocation wakes the user's streams. A
     client that read so slowly that the pack's kept history moved past it gets the
     snapshot and a `resync`, as a resume from too old an id would (never a silent gap)."""
-    last = _parse(last_event_id)
-    if last is not None and 0 <= last < pack.seq and pack.after(last) is None and pack.source is not None:
+    asked = _parse(last_event_id)
+    if asked is not None and 0 <= asked < pack.seq and pack.after(asked) is None and pack.source is not None:
         # Memory no longer holds those events (a pack read from the read model, or applied
         # while catching up at start): re-read them from Kafka if it still has them.
         await pack.source.restore(pack)
-    if last is None or pack.after(last) is None:
-        # No id, or one that cannot be resumed (unknown, or older than the kept history).
-        frames, last = _resync(pack, last, repr(last_event_id)), pack.seq  # what the snapshot covers
-        for frame in frames:
+    last = pack.seq  # the last sequence number sent: once resumed, or what the snapshot covers
+    if asked is not None and pack.after(asked) is not None:
+        last = asked
+    else:  # no id, or one that cannot be resumed (unknown, or older than the kept history)
+        for frame in _resync(pack, asked, repr(last_event_id)):
             yield frame
+
+    def take() -> tuple[bytes, Signal | None] | None:
+        nonlocal last
+        fresh = pack.after(last) if allowed() else None
+        if fresh is None:
+            return None
+        if not fresh:
+            return b"", pack.changed
+        last = fresh[-1].seq
+        data = fresh[0].pack_frame() if len(fresh) == 1 else b"".join(r.pack_frame() for r in fresh)
+        return data, None if _ends(pack, last) else pack.changed
+
     while True:
         changed = pack.changed  # taken before reading, so no change can slip between read and wait
         if not allowed():
@@ -55,11 +72,15 @@ async def pack_events(
             for frame in frames:
                 yield frame
         for r in fresh:
-            yield Frame.with_id(str(r.seq), r.event, r.body)
+            yield Frame(str(r.seq), r.event, r.pack_frame())
             last = r.seq
-        if pack.terminal and last >= pack.seq:
+        if _ends(pack, last):
             return
-        await wait(changed)
+        await wait(changed, take)
+
+
+def _ends(pack: PackView, last: int) -> bool:
+    return pack.terminal and last >= pack.seq
 
 
 def _resync(pack: PackView, last: int | None, after: str) -> list[Frame]:
@@ -111,11 +132,10 @@ async def user_events(
         resync = {"packs": stale, "reason": f"cannot resume after id {last_event_id!r}"}
         yield Frame.of("resync", json.dumps(resync), format_cursor(cursor))
     looked: int | None = None  # the store's change stamp when this stream last looked; None: look at every pack
-    while True:
-        changed = store.user_event(user_id)
-        if not allowed():
-            yield revoked()
-            return
+
+    def due() -> list[Frame]:
+        """The events after the cursor, in log order, each with the cursor that follows it."""
+        nonlocal looked, held
         fresh: list[Rendered] = []
         ids = store.by_user.get(user_id, ()) if looked is None else store.recent.since(user_id, looked)
         looked = store.recent.stamp
@@ -128,10 +148,23 @@ async def user_events(
                 if r.position <= after_position:
                     break
                 fresh.append(r)
+        frames = []
         for r in sorted(fresh, key=lambda r: (r.partition, r.position)):
             cursor[r.partition] = r.position
-            yield Frame.with_id(format_cursor(cursor), r.event, r.body)
-        await wait(changed)
+            frames.append(Frame.with_id(format_cursor(cursor), r.event, r.body))
+        return frames
+
+    def take() -> tuple[bytes, Signal | None] | None:
+        return (b"".join(f.encoded for f in due()), store.user_event(user_id)) if allowed() else None
+
+    while True:
+        changed = store.user_event(user_id)
+        if not allowed():
+            yield revoked()
+            return
+        for frame in due():
+            yield frame
+        await wait(changed, take)
 
 
 PAGE = 500  # packs per read-model query for the opening snapshots

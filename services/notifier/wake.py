@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import enum
+from collections.abc import Callable
 
 
 class Wake(enum.Enum):
@@ -19,26 +20,39 @@ class Wake(enum.Enum):
 
 
 class Waiter:
-    __slots__ = ("_future",)
+    __slots__ = ("_future", "_signal", "on_change")
 
     def __init__(self) -> None:
         self._future: asyncio.Future[Wake] | None = None
+        self._signal: Signal | None = None  # the signal it is registered with
+        # Asked first when a change comes: True when it handled the change itself (and
+        # followed the next signal), so the waiting task need not wake.
+        self.on_change: Callable[[], bool] | None = None
 
     def wake(self, reason: Wake) -> None:
         """The first reason wins; later ones before the waiter runs are dropped (a change
         is not lost: the stream waits again on the same, already fired, signal)."""
         future = self._future
-        if future is not None and not future.done():
-            future.set_result(reason)
+        if future is None or future.done():
+            return
+        if reason is Wake.CHANGED and self.on_change is not None and self.on_change():
+            return
+        future.set_result(reason)
+
+    def follow(self, signal: Signal) -> None:
+        """Wait on `signal` from now on (the one a change was handled for is spent)."""
+        self._signal = signal
+        signal.add(self)
 
     async def until(self, signal: Signal) -> Wake:
         self._future = asyncio.get_running_loop().create_future()
-        signal.add(self)
         try:
+            self.follow(signal)
             return await self._future
         finally:
-            signal.discard(self)
-            self._future = None
+            if self._signal is not None:
+                self._signal.discard(self)
+            self._signal = self._future = None
 
 
 class Signal:

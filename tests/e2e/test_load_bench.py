@@ -38,3 +38,16 @@ def test_the_hop_benchmark_times_every_record_of_both_hops(kafka_bootstrap: str)
     for line in ("produce (send -> ack)", "hop 1 (send -> read)", "hop 2 (read, send -> read)"):
         assert re.search(rf"{re.escape(line)}\s+p50\s+[\d.]+ p90\s+[\d.]+ p99\s+[\d.]+ ms", out.stdout), (line, out.stdout)
 
+
+
+def test_the_sse_benchmark_delivers_every_event_and_each_is_written_by_the_change(kafka_bootstrap: str) -> None:
+    out = subprocess.run(
+        [sys.executable, "-m", "tests.bench.sse_bench", "--clients", "60", "--packs", "10", "--events", "3", "--gap", "0.2",
+         "--timeout", "60"],
+        env={**os.environ, "KAFKA_BOOTSTRAP_SERVERS": kafka_bootstrap}, capture_output=True, text=True, timeout=180,
+    )
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "clients connected   60 / 60" in out.stdout and "events delivered    180 / 180" in out.stdout, out.stdout
+    # Every client waited with nothing unsent when its event came: none of its 180 writes woke a stream's task.
+    assert "written directly    180 of 180 events" in out.stdout, out.stdout
+    assert re.search(r"latency ms\s+p50 [\d.]+\s+p90 [\d.]+\s+p99 [\d.]+", out.stdout), out.stdout

@@ -12,14 +12,16 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from functools import partial
 
+from prometheus_client import REGISTRY
 from sse_starlette import ServerSentEvent
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.routing import Route
+from starlette.types import Receive, Scope, Send
 
 from services.notifier import streams
 from services.notifier.frames import Frame
-from services.notifier.sse import EventStream, Hub
+from services.notifier.sse import DirectWrite, EventStream, Hub
 from services.notifier.state import Store
 from shared.devbroker import free_port
 from shared.events import ImageEntry, ImageStatus, PackStatus
@@ -184,3 +186,95 @@ def test_the_streams_are_in_the_openapi_document_as_event_streams() -> None:
     paths = create_app(Settings()).openapi()["paths"]
     for path in ("/v1/events", "/v1/packs/{pack_id}/events"):
         assert "text/event-stream" in paths[path]["get"]["responses"]["200"]["content"]
+
+
+# --- frames written by the change itself ---------------------------------------------------
+
+
+def direct_writes() -> float:
+    return REGISTRY.get_sample_value("packline_sse_direct_writes_total") or 0.0
+
+
+@asynccontextmanager
+async def serving_bare(store: Store, hub: Hub, allowed: streams.Allowed = streams.always) -> AsyncIterator[int]:
+    """The stream as the notifier's fast path serves it: right under the server, which
+    passes its own `send` (routing would wrap it, and the task would write every frame)."""
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        await EventStream(partial(streams.pack_events, store.packs[str(PACK)], None, allowed), hub)(scope, receive, send)
+
+    port = free_port()
+    try:
+        async with serving_app(app, port, log_level="critical"):
+            yield port
+    finally:
+        await hub.stop()
+
+
+async def test_a_waiting_stream_is_written_to_by_the_change_and_its_task_ends_the_response() -> None:
+    store = Store(history_limit=100)
+    feed(store, [status("PROCESSING", "a")])
+    hub = Hub(ping_s=60)
+    async with serving_bare(store, hub) as port:
+        reader, writer = await open_stream(port)
+        assert await read_events(reader, "1") == ["1"]
+        for _ in range(100):  # until the stream waits
+            if any(stream.waiting for stream in hub.streams):
+                break
+            await asyncio.sleep(0.01)
+        before = direct_writes()
+        for n in range(1, 4):
+            feed(store, [image(n)], offset=n)
+            assert await read_events(reader, str(n + 1)) == [str(n + 1)]
+        assert direct_writes() - before == 3  # no task woke for these
+        feed(store, [status("COMPLETED", "z")], offset=4)
+        rest = await asyncio.wait_for(reader.read(), 20)  # to the end of the response
+        assert b"id: 5\r\nevent: pack\r\n" in rest and rest.endswith(b"0\r\n\r\n")  # the closing chunk
+        assert direct_writes() - before == 4
+        writer.close()
+
+
+async def test_a_revocation_wakes_the_stream_which_says_so_and_ends() -> None:
+    store = Store(history_limit=100)
+    feed(store, [status("PROCESSING", "a")])
+    hub, revoked = Hub(ping_s=60), False
+    async with serving_bare(store, hub, lambda: not revoked) as port:
+        reader, writer = await open_stream(port)
+        assert await read_events(reader, "1") == ["1"]
+        await asyncio.sleep(0.1)
+        before = direct_writes()
+        revoked = True
+        store.wake_user("alice")
+        rest = await asyncio.wait_for(reader.read(), 20)
+        assert b"event: revoked\r\n" in rest and rest.endswith(b"0\r\n\r\n") and direct_writes() == before
+        writer.close()
+
+
+def test_frames_are_written_directly_only_to_a_server_known_to_allow_it() -> None:
+    async def plain_send(message: object) -> None:
+        pass
+
+    assert DirectWrite.of(plain_send) is None  # any other server: the task writes through `send`
+
+    class Transport:
+        buffered = 0
+
+        def write(self, data: bytes) -> None: ...
+        def is_closing(self) -> bool:
+            return False
+
+        def get_write_buffer_size(self) -> int:
+            return self.buffered
+
+    class Cycle:
+        chunked_encoding, disconnected, response_complete = True, False, False
+        transport = Transport()
+
+        async def send(self, message: object) -> None: ...
+
+    cycle = Cycle()
+    direct = DirectWrite.of(cycle.send)
+    assert direct is not None and direct.ready()
+    cycle.transport.buffered = 10  # a client that reads slowly: the server's flow control decides
+    assert not direct.ready()
+    cycle.transport.buffered, cycle.disconnected = 0, True
+    assert not direct.ready()
