@@ -53,7 +53,7 @@ class Run:
     outcomes: dict[str, int] = field(default_factory=dict)  # terminal statuses
     expected: int | None = None  # packs accepted, once every POST has its answer
     all_done: asyncio.Event = field(default_factory=asyncio.Event)
-    acks: tuple[dict[float, float], dict[float, float]] | None = None  # the api's produce histogram before and after
+    api: tuple[tuple[dict[float, float], dict[float, float]], ...] = ()  # the api's histograms before and after
 
     def finished(self, pack: dict[str, Any]) -> None:
         """A terminal event: it may come before the pack's 202 is read (a busy client)."""
@@ -116,7 +116,7 @@ class Load:
     async def workload(self, count: int, rate: float | None) -> float:
         """POST `count` packs (at `rate` per second, or all at once); wait for every terminal event."""
         self.run = Run()
-        acks_before = await produce_buckets(self.s)
+        api_before = await api_buckets(self.s)
         start = time.perf_counter()
         tasks = []
         for i in range(count):
@@ -129,7 +129,7 @@ class Load:
         self.run.expected = len(self.run.sent)
         self.run.check("")
         await asyncio.wait_for(self.run.all_done.wait(), 60 + count / 5)
-        self.run.acks = (acks_before, await produce_buckets(self.s))
+        self.run.api = (api_before, await api_buckets(self.s))
         return (max(self.run.done.values(), default=start) - start)
 
     def close(self) -> None:
@@ -147,9 +147,14 @@ def cpu_of(pids: dict[str, int]) -> Iterator[dict[str, float]]:
     used.update({name: cpu_seconds(pid) - before[name] for name, pid in pids.items()})
 
 
-async def produce_buckets(s: RunningStack) -> dict[float, float]:
-    """The api's histogram of Kafka's acknowledgement time in the accept: upper bound (s) -> count so far."""
-    return {float(labels.split('"')[1]): v for labels, v in await s.metric("api", "packline_api_produce_seconds_bucket")}
+async def api_buckets(s: RunningStack) -> tuple[dict[float, float], dict[float, float]]:
+    """The api's histograms, upper bound (s) -> count so far: Kafka's acknowledgement time in
+    the accept, and the whole POST /v1/packs 202 as the api timed it."""
+    acks = {float(labels.split('"')[1]): v for labels, v in await s.metric("api", "packline_api_produce_seconds_bucket")}
+    posts = {float(labels.rsplit('le="', 1)[1].split('"')[0]): v
+             for labels, v in await s.metric("api", "packline_http_request_duration_seconds_bucket")
+             if 'route="/v1/packs"' in labels and 'method="POST"' in labels and 'status="202"' in labels}
+    return acks, posts
 
 
 def bucket_quantile(before: dict[float, float], after: dict[float, float], q: float) -> float:
@@ -167,10 +172,11 @@ def report(title: str, load: Load, wall: float, used: dict[str, float]) -> None:
     print(f"\n{title}: {len(run.sent)} packs ({run.images} images) in {wall:.2f} s; HTTP {run.codes}; packs {run.outcomes}")
     print(f"  accept (POST -> 202)        p50 {accept[49]:7.1f} ms   p99 {accept[98]:7.1f} ms")
     print(f"  POST -> terminal event      p50 {end_to_end[49]:7.1f} ms   p99 {end_to_end[98]:7.1f} ms")
-    if run.acks:
-        before, after = run.acks
-        print(f"    of which Kafka's ack      p50 ≤ {bucket_quantile(before, after, 0.5) * 1000:5.0f} ms   "
-              f"p99 ≤ {bucket_quantile(before, after, 0.99) * 1000:5.0f} ms (the api's histogram buckets)")
+    if run.api:
+        (acks_before, posts_before), (acks_after, posts_after) = run.api
+        for what, before, after in (("in the api", posts_before, posts_after), ("of which Kafka's ack", acks_before, acks_after)):
+            print(f"    {what:<24}p50 ≤ {bucket_quantile(before, after, 0.5) * 1000:5.0f} ms   "
+                  f"p99 ≤ {bucket_quantile(before, after, 0.99) * 1000:5.0f} ms (the api's histogram buckets)")
     print(f"  throughput                  {run.images / wall if wall else 0:7.0f} images/s")
     per_k = 1000 / max(1, run.images)
     print("  CPU s per 1,000 images:     " + "  ".join(f"{name} {sec * per_k:.2f}" for name, sec in used.items()))
