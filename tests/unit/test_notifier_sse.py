@@ -92,13 +92,23 @@ async def _take(stream: AsyncIterator[Frame], n: int) -> AsyncIterator[Frame]:
 
 
 @asynccontextmanager
-async def serving(store: Store, hub: Hub) -> AsyncIterator[int]:
-    async def events(request: Request) -> EventStream:
-        return EventStream(partial(streams.pack_events, store.packs[str(PACK)], None, streams.always), hub)
+async def serving(store: Store, hub: Hub, allowed: streams.Allowed = streams.always, bare: bool = False) -> AsyncIterator[int]:
+    """The pack's stream behind a route, or `bare`: right under the server as the notifier's
+    fast path serves it, with the server's own `send` (routing wraps it, and then the
+    stream's task writes every frame)."""
+    def stream() -> EventStream:
+        return EventStream(partial(streams.pack_events, store.packs[str(PACK)], None, allowed), hub)
+
+    async def routed(request: Request) -> EventStream:
+        return stream()
+
+    async def under_the_server(scope: Scope, receive: Receive, send: Send) -> None:
+        await stream()(scope, receive, send)
 
     port = free_port()
+    app = under_the_server if bare else Starlette(routes=[Route("/events", routed)])
     try:
-        async with serving_app(Starlette(routes=[Route("/events", events)]), port, log_level="critical"):
+        async with serving_app(app, port, log_level="critical"):
             yield port
     finally:
         await hub.stop()
@@ -195,26 +205,11 @@ def direct_writes() -> float:
     return REGISTRY.get_sample_value("packline_sse_direct_writes_total") or 0.0
 
 
-@asynccontextmanager
-async def serving_bare(store: Store, hub: Hub, allowed: streams.Allowed = streams.always) -> AsyncIterator[int]:
-    """The stream as the notifier's fast path serves it: right under the server, which
-    passes its own `send` (routing would wrap it, and the task would write every frame)."""
-    async def app(scope: Scope, receive: Receive, send: Send) -> None:
-        await EventStream(partial(streams.pack_events, store.packs[str(PACK)], None, allowed), hub)(scope, receive, send)
-
-    port = free_port()
-    try:
-        async with serving_app(app, port, log_level="critical"):
-            yield port
-    finally:
-        await hub.stop()
-
-
 async def test_a_waiting_stream_is_written_to_by_the_change_and_its_task_ends_the_response() -> None:
     store = Store(history_limit=100)
     feed(store, [status("PROCESSING", "a")])
     hub = Hub(ping_s=60)
-    async with serving_bare(store, hub) as port:
+    async with serving(store, hub, bare=True) as port:
         reader, writer = await open_stream(port)
         assert await read_events(reader, "1") == ["1"]
         for _ in range(100):  # until the stream waits
@@ -237,7 +232,7 @@ async def test_a_revocation_wakes_the_stream_which_says_so_and_ends() -> None:
     store = Store(history_limit=100)
     feed(store, [status("PROCESSING", "a")])
     hub, revoked = Hub(ping_s=60), False
-    async with serving_bare(store, hub, lambda: not revoked) as port:
+    async with serving(store, hub, lambda: not revoked, bare=True) as port:
         reader, writer = await open_stream(port)
         assert await read_events(reader, "1") == ["1"]
         await asyncio.sleep(0.1)
