@@ -20,8 +20,9 @@ from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
 from services.notifier import streams
+from services.notifier.direct import DirectWrite
 from services.notifier.frames import Frame
-from services.notifier.sse import DirectWrite, EventStream, Hub
+from services.notifier.sse import EventStream, Hub
 from services.notifier.state import Store
 from shared.devbroker import free_port
 from shared.events import ImageEntry, ImageStatus, PackStatus
