@@ -81,6 +81,9 @@ class RunningStack:
         try:
             stack.wait_healthy(90)
             yield cls(stack, env, bootstrap, Topics(prefix), secret, tmp)
+        except BaseException:
+            print_warnings(tmp / "logs")  # the services' side of a failure, in pytest's report
+            raise
         finally:
             stack.stop()
 
@@ -242,6 +245,16 @@ async def flood_revocations(stack: RunningStack, n: int) -> None:
     from tests.bench.revocations_bench import fill, records
 
     await fill(stack.kafka, stack.topics.auth_revocations, records(n, named_share=0.5, users=max(1, n // 2)))
+
+
+def print_warnings(log_dir: Path, most: int = 40) -> None:
+    """The last warnings and errors each service logged."""
+    for log in sorted(log_dir.glob("*.log")):
+        lines = [line for line in log.read_text(errors="replace").splitlines()
+                 if any(word in line for word in ("WARNING", "ERROR", "Traceback", "Error:"))]
+        if lines:
+            print(f"--- {log.name}: last {min(most, len(lines))} of {len(lines)} warnings and errors")
+            print("\n".join(lines[-most:]))
 
 
 async def rebalance_mid_generation(s: RunningStack, fake: FakeImagesApi) -> None:

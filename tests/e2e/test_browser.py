@@ -97,8 +97,10 @@ async def test_page_cancels_regenerates_and_finds_packs_again_after_a_reload(kaf
             for box in await page.query_selector_all("input[name=kind]"):
                 await box.set_checked(await box.get_attribute("value") in kinds)
             await page.fill("#name", "Tea tin")
+            before = await page.evaluate("() => location.hash")
             await page.click("#submit")
-            await page.wait_for_function("() => location.hash.startsWith('#pack=')")
+            # The new pack's id, not the one shown before (the hash names the pack on the page).
+            await page.wait_for_function("(before) => location.hash.startsWith('#pack=') && location.hash !== before", arg=before)
             return (await page.evaluate("() => location.hash")).split("=", 1)[1]
 
         async def status_is(page: Page, status: str) -> None:
