@@ -92,14 +92,19 @@ class Stream:
         direct, take = self.direct, self.take
         if not self.waiting or take is None or self.ended is not None or direct is None or not direct.ready():
             return False
-        due = take()
-        if due is None:
+        try:
+            due = take()
+            if due is None:
+                return False
+            data, then = due
+            if data:
+                direct.write(data)
+                self.last_write = self.loop.time()
+                DIRECT_WRITES.count += 1
+        except Exception:  # runs inside the code applying a change: never let one stream break it
+            log.exception("a direct write failed; this stream's task writes from now on")
+            self.direct = None
             return False
-        data, then = due
-        if data:
-            direct.write(data)
-            self.last_write = self.loop.time()
-            DIRECT_WRITES.count += 1
         if then is None:  # the stream ends with these: the task finishes the response
             return False
         self.waiter.follow(then)

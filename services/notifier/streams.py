@@ -57,8 +57,8 @@ async def pack_events(
             return None
         if not fresh:
             return b"", pack.changed
-        last = fresh[-1].seq
         data = fresh[0].pack_frame() if len(fresh) == 1 else b"".join(r.pack_frame() for r in fresh)
+        last = fresh[-1].seq
         return data, None if _ends(pack, last) else pack.changed
 
     while True:

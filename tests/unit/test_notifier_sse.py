@@ -11,6 +11,7 @@ import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from functools import partial
+from typing import cast
 
 from prometheus_client import REGISTRY
 from sse_starlette import ServerSentEvent
@@ -22,8 +23,9 @@ from starlette.types import Receive, Scope, Send
 from services.notifier import streams
 from services.notifier.direct import DirectWrite
 from services.notifier.frames import Frame
-from services.notifier.sse import EventStream, Hub
+from services.notifier.sse import EventStream, Hub, Stream
 from services.notifier.state import Store
+from services.notifier.wake import Signal
 from shared.devbroker import free_port
 from shared.events import ImageEntry, ImageStatus, PackStatus
 from tests.harness import serving as serving_app
@@ -245,28 +247,35 @@ async def test_a_revocation_wakes_the_stream_which_says_so_and_ends() -> None:
         writer.close()
 
 
+class Transport:
+    """The parts of uvicorn's transport a direct write uses."""
+
+    def __init__(self) -> None:
+        self.buffered, self.written = 0, b""
+
+    def write(self, data: bytes) -> None:
+        self.written += data
+
+    def get_write_buffer_size(self) -> int:
+        return self.buffered
+
+
+class Cycle:
+    """The parts of uvicorn's httptools request cycle a direct write looks for."""
+
+    chunked_encoding, disconnected, response_complete = True, False, False
+
+    def __init__(self) -> None:
+        self.transport = Transport()
+
+    async def send(self, message: object) -> None: ...
+
+
 def test_frames_are_written_directly_only_to_a_server_known_to_allow_it() -> None:
     async def plain_send(message: object) -> None:
         pass
 
     assert DirectWrite.of(plain_send) is None  # any other server: the task writes through `send`
-
-    class Transport:
-        buffered = 0
-
-        def write(self, data: bytes) -> None: ...
-        def is_closing(self) -> bool:
-            return False
-
-        def get_write_buffer_size(self) -> int:
-            return self.buffered
-
-    class Cycle:
-        chunked_encoding, disconnected, response_complete = True, False, False
-        transport = Transport()
-
-        async def send(self, message: object) -> None: ...
-
     cycle = Cycle()
     direct = DirectWrite.of(cycle.send)
     assert direct is not None and direct.ready()
@@ -274,3 +283,18 @@ def test_frames_are_written_directly_only_to_a_server_known_to_allow_it() -> Non
     assert not direct.ready()
     cycle.transport.buffered, cycle.disconnected = 0, True
     assert not direct.ready()
+
+
+async def test_a_direct_write_that_fails_wakes_the_task_which_writes_from_then_on() -> None:
+    task = asyncio.current_task()
+    assert task is not None
+    stream, signal = Stream(Cycle().send, cast(asyncio.Task[object], task)), Signal()
+
+    def broken() -> tuple[bytes, Signal | None]:
+        raise RuntimeError("a frame that cannot be made")
+
+    waiting = asyncio.create_task(stream.wait(signal, broken))
+    await asyncio.sleep(0.01)
+    signal.set()  # the change: its direct write fails, and the stream's task is woken instead
+    await asyncio.wait_for(waiting, 5)
+    assert stream.direct is None
