@@ -22,13 +22,20 @@ from services.generation.backends import render_png
 from shared.devbroker import free_port
 
 PNG = render_png("fake images api", 64, 64, "fake")
+HOLD_AT_MOST_S = 120.0  # a held call answers by itself then: a test that forgot to release still ends
 
 
 @dataclass
 class FakeImagesApi:
-    plan: list[tuple[Any, ...]] = field(default_factory=list)  # ("status", code, headers, body) | ("hang", s)
+    # ("status", code, headers, body) | ("hang", s) | ("hold",): until `release()`, at most HOLD_AT_MOST_S
+    plan: list[tuple[Any, ...]] = field(default_factory=list)
     requests: list[dict[str, Any]] = field(default_factory=list)
     port: int = 0
+    released: threading.Event = field(default_factory=threading.Event)
+
+    def release(self) -> None:
+        """Let every held call (and every one held later) answer."""
+        self.released.set()
 
     @property
     def base_url(self) -> str:
@@ -44,6 +51,11 @@ class FakeImagesApi:
         step = self.plan.pop(0) if self.plan else ("ok",)
         if step[0] == "hang":
             await asyncio.sleep(step[1])
+        elif step[0] == "hold":
+            deadline = time.monotonic() + HOLD_AT_MOST_S
+            # Polled: the release comes from the test's thread, which an asyncio.Event of this loop cannot take.
+            while not self.released.is_set() and time.monotonic() < deadline:  # noqa: ASYNC110
+                await asyncio.sleep(0.05)
         elif step[0] == "status":
             code, headers, error = step[1], (step[2] if len(step) > 2 else {}), (step[3] if len(step) > 3 else None)
             return JSONResponse({"error": error or {"message": f"planned {code}", "type": "server_error"}}, code, headers=headers)

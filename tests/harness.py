@@ -259,14 +259,14 @@ def print_warnings(log_dir: Path, most: int = 40) -> None:
 
 async def rebalance_mid_generation(s: RunningStack, fake: FakeImagesApi) -> None:
     """A stack with generation-1 and generation-2 on the fake provider: generation-1 alone
-    starts the 60 images of 10 packs, each call hanging 25 s; generation-2 joins meanwhile
-    and the rebalance hands it jobs in flight. Every pack completes, the provider is paid
-    once per image, and generation-2 did wait on a claim (else the test proved nothing)."""
+    starts the 60 images of 10 packs, each call held by the provider; generation-2 joins
+    meanwhile and the rebalance hands it jobs in flight, which it waits for; then the calls
+    answer. Every pack completes and the provider is paid once per image."""
     # generation-1 alone owns every partition, with no rebalance left under way when the packs come.
     await s.shares_settled(["generation-1", "generation-2"])
     s.stack.stop("generation-2")
     await s.shares_settled(["generation-1"])
-    fake.plan.extend([("hang", 25)] * 60)  # each of the first 60 calls takes 25 s: the rebalance comes well within it
+    fake.plan.extend([("hold",)] * 60)  # the first 60 calls answer once released
     user = await s.create_user(credits=60)
     packs = [(await s.post_pack(user)).json()["pack_id"] for _ in range(10)]
     deadline = time.monotonic() + 60
@@ -275,12 +275,15 @@ async def rebalance_mid_generation(s: RunningStack, fake: FakeImagesApi) -> None
         await asyncio.sleep(0.2)
     s.stack.start("generation-2")  # a rebalance hands some partitions, and their unfinished jobs, over
     await s.shares_settled(["generation-1", "generation-2"])
+    deadline = time.monotonic() + 60
+    while not sum(v for labels, v in await s.metric("generation-2", "packline_images_total") if "waiting_for_claim" in labels):
+        assert time.monotonic() < deadline, "generation-2 never took over a job in flight"
+        await asyncio.sleep(0.2)
+    fake.release()
     for pack_id in packs:
         final = (await s.events(pack_id, user, timeout=120))[-1].json()
         assert final["status"] == "COMPLETED" and final["charged"] == 6
     assert len(fake.requests) == 60, "an image was paid for twice"
-    waited = sum(v for labels, v in await s.metric("generation-2", "packline_images_total") if "waiting_for_claim" in labels)
-    assert waited > 0, "generation-2 never took over a job in flight: the rebalance came too late to test anything"
 
 
 async def results_applied(s: RunningStack, pack_id: str, image_ids: set[str], timeout: float = 60) -> None:
