@@ -50,7 +50,7 @@ async def _read_all(bootstrap: str, topic: str, partitions: int, **kwargs: objec
         await consumer.stop()
 
 
-@pytest.mark.timeout(150)
+@pytest.mark.timeout(240)  # a three-node start (up to 90 s) and stop on two loaded cores
 async def test_no_loss_when_partition_leader_is_killed(tmp_path: Path) -> None:
     cluster = Cluster(tmp_path / "kafka", 3, [(free_port(), free_port()) for _ in range(3)], fast_failover=True)
     topic, partitions = "orders", 3
