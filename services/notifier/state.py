@@ -277,7 +277,8 @@ class Store:
         if pack is None:
             pack = PackView(pack_id=pack_id, user_id=ev.user_id, created_at=ev.occurred_at, partition=partition)
             self._keep(pack)
-            self.pack_appeared = _renew(self.pack_appeared)
+            appeared, self.pack_appeared = self.pack_appeared, asyncio.Event()  # waiters hold the old one
+            appeared.set()
         elif partition == pack.partition and 0 <= offset <= pack.last_offset:
             return None  # this record is already applied (read again after a restart)
         key = event_key(ev.event_id)
@@ -404,10 +405,3 @@ class Store:
         if self.model is not None:
             stale.update(p for p in self.model.user_changed_after(user_id, cursor) if p not in self.packs)
         return sorted(stale)
-
-
-def _renew(old: asyncio.Event) -> asyncio.Event:
-    """Waiters hold the old one; setting it wakes all of them at once, and newcomers wait
-    on the fresh one."""
-    old.set()
-    return asyncio.Event()
