@@ -5,6 +5,7 @@ the notifier and the two workers all serve it)."""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal, TypeVar, overload
@@ -128,13 +129,14 @@ CurrentKey = Annotated[ApiKey, Depends(required_key)]
 
 def health_router(service: str, status: Callable[[], dict[str, Any]] | None = None) -> APIRouter:
     """/healthz answers 200 when `status()` says "ok" (the default), 503 while it says
-    anything else (e.g. "starting" until a read model has caught up); /metrics is
-    Prometheus' text format."""
+    anything else (e.g. "starting" until a read model has caught up); it names the process
+    (`pid`) so a supervisor knows the answer is its own child's. /metrics is Prometheus'
+    text format."""
     router = APIRouter()
 
     @router.get("/healthz")
     async def healthz() -> JSONResponse:
-        body = {"status": "ok", "service": service, **(status() if status else {})}
+        body = {"status": "ok", "service": service, "pid": os.getpid(), **(status() if status else {})}
         return JSONResponse(body, status_code=200 if body["status"] == "ok" else 503)
 
     @router.get("/metrics", include_in_schema=False)

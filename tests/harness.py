@@ -20,7 +20,7 @@ from aiokafka import TopicPartition
 from aiokafka.structs import RecordMetadata
 
 from services.cli import kafka_io, sse
-from services.cli.stack import SERVICES, Stack
+from services.cli.stack import SERVICES, PortTaken, Stack
 from shared.auth import make_api_key, make_named_key, new_key_id
 from shared.devbroker import free_port
 from shared.events import AccountCreate, BalanceQuery, CreditsBalance, ImageStatus, decode
@@ -66,6 +66,35 @@ class RunningStack:
         """`services` may name several instances of a worker (`generation-1`, `generation-2`)."""
         prefix = f"t{uuid.uuid4().hex[:10]}."
         secret = uuid.uuid4().hex
+        for attempt in range(3):
+            stack, env = cls._stack(bootstrap, tmp, services, prefix, secret, overrides)
+            stack.start()
+            try:
+                stack.wait_healthy(90)
+                break
+            except PortTaken:
+                # Another test's process took a port between free_port() and the bind.
+                stack.stop()
+                if attempt == 2:
+                    print_warnings(tmp / "logs")
+                    raise
+            except BaseException:
+                stack.stop()
+                print_warnings(tmp / "logs")
+                raise
+        try:
+            yield cls(stack, env, bootstrap, Topics(prefix), secret, tmp)
+        except BaseException:
+            print_warnings(tmp / "logs")  # the services' side of a failure, in pytest's report
+            raise
+        finally:
+            stack.stop()
+
+    @staticmethod
+    def _stack(
+        bootstrap: str, tmp: Path, services: tuple[str, ...], prefix: str, secret: str, overrides: dict[str, str],
+    ) -> tuple[Stack, dict[str, str]]:
+        """A stack on fresh ports."""
         ports = {name: str(free_port()) for name in ("API_PORT", "NOTIFIER_PORT", "CREDITS_PORT", "GENERATION_PORT")}
         env = {
             "KAFKA_BOOTSTRAP_SERVERS": bootstrap, "TOPIC_PREFIX": prefix, "PACKLINE_SECRET": secret,
@@ -76,16 +105,7 @@ class RunningStack:
             "PACKLINE_OPERATOR_KEY": make_named_key(secret, OPERATOR, new_key_id(), ["ops"]),
             **FAST_BACKEND, **overrides,
         }
-        stack = Stack(env, tmp / "logs", services, ports={name: free_port() for name in services if "-" in name})
-        stack.start()
-        try:
-            stack.wait_healthy(90)
-            yield cls(stack, env, bootstrap, Topics(prefix), secret, tmp)
-        except BaseException:
-            print_warnings(tmp / "logs")  # the services' side of a failure, in pytest's report
-            raise
-        finally:
-            stack.stop()
+        return Stack(env, tmp / "logs", services, ports={name: free_port() for name in services if "-" in name}), env
 
     @property
     def kafka(self) -> KafkaConfig:

@@ -36,6 +36,10 @@ def kind(instance: str) -> str:
     return instance.split("-", 1)[0]
 
 
+class PortTaken(RuntimeError):
+    """An instance could not bind its port: another process holds it."""
+
+
 class Stack:
     """Instances are named `<service>` or `<service>-<n>`; each gets its own health port
     (`ports`, default the contract's) and log file."""
@@ -71,16 +75,21 @@ class Stack:
             )
 
     def wait_healthy(self, timeout: float = 60.0, service: str | None = None) -> None:
+        """Until each instance's own process answers /healthz with 200: another process
+        already on the port (this one then fails to bind and exits) does not count."""
         deadline = time.monotonic() + timeout
         for name in [service] if service else self.services:
             while True:
                 proc = self.procs[name]
                 if proc.poll() is not None:
-                    raise RuntimeError(f"{name} exited with {proc.returncode}; log:\n{self.tail(name)}")
+                    log = self.tail(name)
+                    error = PortTaken if "address already in use" in log else RuntimeError
+                    raise error(f"{name} exited with {proc.returncode}; log:\n{log}")
                 try:
-                    if httpx.get(f"{self.url(name)}/healthz", timeout=2).status_code == 200:
+                    reply = httpx.get(f"{self.url(name)}/healthz", timeout=2)
+                    if reply.status_code == 200 and reply.json().get("pid") == proc.pid:
                         break
-                except httpx.HTTPError:
+                except (httpx.HTTPError, ValueError):
                     pass
                 if time.monotonic() > deadline:
                     raise TimeoutError(f"{name} not healthy after {timeout:.0f}s; log:\n{self.tail(name)}")
