@@ -25,7 +25,9 @@ async def test_a_new_pack_is_visible_at_once_and_starts_ahead_of_a_flood(kafka_b
         # 5,000 requests keep intake busy for tens of seconds here; `make bench-intake` runs 20,000.
         figures = await flood_then_bystander(s, requests=5_000, users=50, drain_timeout=600)
         print("\n" + "\n".join(figures.lines()))
-        assert figures.visible_status == "DRAFT" and figures.visible_ms < 1_000
+        # DRAFT at once; PROCESSING when intake started it before the snapshot's first answer
+        # (on a loaded machine that answer can take a few hundred ms).
+        assert figures.visible_status in ("DRAFT", "PROCESSING") and figures.visible_ms < 1_000
         assert figures.processing_ms < 2_000
         assert figures.flood_statuses == {"COMPLETED": 5_000}
         # Each flooding user had 100 packs of one credit and 101 credits: one left means charged once each.
