@@ -50,7 +50,9 @@ def build(settings: Settings) -> FastAPI:
     control.dead_letters = cancels.dead_letters
 
     async def accepted(ev: PackAccepted, _record: Record) -> None:
-        await publisher.enqueue(handlers.fan_out(ev, t))  # acked before the batch is committed
+        jobs = handlers.jobs_of(ev)
+        acks = await publisher.enqueue(handlers.fan_out(jobs, t))  # acked before the batch is committed
+        scheduler.start_early(jobs, acks)
 
     topics, one = dispatch([Route(PACKS_ACCEPTED, accepted)], publisher, settings)
     packs = OrderedConsumer(

@@ -11,15 +11,18 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import time
 from dataclasses import dataclass
+from typing import Any
 
 from aiokafka import TopicPartition
-from prometheus_client import Gauge
+from prometheus_client import Counter, Gauge
 
 from services.generation.jobs import JobRunner
 from services.generation.scheduling import ProviderLimiter
+from shared import tracing
 from shared.consumer import ConsumerLoop, Rebalance, Record, group_member
 from shared.events import ImageJob
 from shared.fairness import FairQueue, OffsetTracker
@@ -31,6 +34,7 @@ from shared.worker import decode_or_dead_letter, handle
 log = logging.getLogger("packline.scheduler")
 QUEUED = Gauge("packline_jobs_queued", "image jobs read ahead and waiting for a worker")
 USERS = Gauge("packline_jobs_queued_users", "users with jobs waiting")
+EARLY = Counter("packline_jobs_started_early_total", "jobs queued by their own fan-out before their record was read")
 SHARE = Gauge("packline_provider_share", "this process's fraction of the images-per-minute limit")
 
 
@@ -41,7 +45,7 @@ def group_id(topic_prefix: str) -> str:
 @dataclass(frozen=True)
 class Queued:
     tp: TopicPartition
-    record: Record
+    record: Record | None  # None: started early, before its record is read (start_early)
     job: ImageJob
 
 
@@ -95,27 +99,53 @@ class JobScheduler(ConsumerLoop):
             for record in records:
                 self.offsets.fetched(tp, record.offset)
                 typed = await decode_or_dead_letter(record, IMAGES_JOBS, self.publisher, self.settings)
-                if typed is not None:
-                    self.queue.put(typed.user_id, Queued(tp, record, typed))
+                if typed is None or self.runner.finished_here(typed):
+                    self.offsets.done(tp, record.offset)  # on invalid.dlq now, or run here already (start_early)
                 else:
-                    self.offsets.done(tp, record.offset)  # on invalid.dlq now
+                    self.queue.put(typed.user_id, Queued(tp, record, typed))
         QUEUED.set(len(self.queue))
         USERS.set(self.queue.users)
         await self._commit()
 
+    def start_early(self, jobs: list[ImageJob], acks: list[asyncio.Future[Any]]) -> None:
+        """Jobs this process has just fanned out: each joins the fair queue as soon as Kafka
+        has it, a hop before its record comes back, if its partition is read here and the
+        queue has room (under load the records are the queue). The record, read later, finds
+        the run in flight or ended here and is settled without a second call."""
+        if tracing.enabled():  # a traced job's span starts from its record
+            return
+        for job, ack in zip(jobs, acks, strict=True):
+            ack.add_done_callback(functools.partial(self._early, job))
+
+    def _early(self, job: ImageJob, ack: asyncio.Future[Any]) -> None:
+        if ack.cancelled() or ack.exception() is not None or self.consumer is None or len(self.queue) >= self.prefetch:
+            return
+        tp = TopicPartition(ack.result().topic, ack.result().partition)
+        if tp in self.consumer.assignment():
+            EARLY.inc()
+            self.queue.put(job.user_id, Queued(tp, None, job))
+
     async def _work(self) -> None:
         while True:
             item = await self.queue.get()
+            if self.runner.finished_here(item.job):  # its early start, or a copy, ended here
+                if item.record is not None:
+                    self.offsets.done(item.tp, item.record.offset)
+                continue
             if self.runner.is_running(item.job):
-                self._wait_outside(item)
+                if item.record is not None:
+                    self._wait_outside(item)
                 continue
             task = asyncio.current_task()
             assert task is not None
             self.running[task] = item
             self._idle.clear()
             try:
-                await handle(item.job, item.record, self._job, self.publisher, self.settings)
-                self.offsets.done(item.tp, item.record.offset)
+                if item.record is None:
+                    await self._run_early(item.job)
+                else:
+                    await handle(item.job, item.record, self._job, self.publisher, self.settings)
+                    self.offsets.done(item.tp, item.record.offset)
             finally:
                 del self.running[task]
                 if not self.running:
@@ -125,14 +155,25 @@ class JobScheduler(ConsumerLoop):
         """A copy of a job running here (read again after a rebalance) waits for that run
         outside the pool: a worker held by it could not start another user's job meanwhile,
         and a rebalance while many calls hang would leave the pool full of waiting copies."""
+        assert item.record is not None
+        record = item.record
+
         async def wait() -> None:
             if await self.runner.settled_by_running(item.job):
-                self.offsets.done(item.tp, item.record.offset)
+                self.offsets.done(item.tp, record.offset)
             elif self.consumer is not None and item.tp in self.consumer.assignment():
                 self.queue.put(item.job.user_id, item)  # that run died, or this is a later attempt: run it
-        task = asyncio.create_task(wait(), name=f"images-jobs-copy-{item.record.offset}")
+        task = asyncio.create_task(wait(), name=f"images-jobs-copy-{record.offset}")
         self._waiting.add(task)
         task.add_done_callback(self._waiting.discard)
+
+    async def _run_early(self, job: ImageJob) -> None:
+        try:
+            await self.runner.run(job, self.topic, ())
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # the record, read next, runs it again and handles the failure
+            log.info("job %s/%s started early failed: %r", job.pack_id, job.image_id, exc)
 
     async def _job(self, ev: ImageJob, record: Record) -> None:
         await self.runner.run(ev, record.topic, record.headers)

@@ -74,16 +74,21 @@ def build_prompt(product: Product, kind: str) -> str:
     return " ".join(parts)
 
 
-def fan_out(ev: PackAccepted, t: Topics) -> list[Outgoing]:
+def jobs_of(ev: PackAccepted) -> list[ImageJob]:
     """One job per image of the run (all of a new pack's, or a regeneration's)."""
     return [
-        Outgoing.of(t.images_jobs, ImageJob(
+        ImageJob(
             event_id=stable_id(ev.pack_id, spec.image_id, ev.run, "job", 1), pack_id=ev.pack_id, user_id=ev.user_id,
             image_id=spec.image_id, kind=spec.kind, prompt=build_prompt(ev.product, spec.kind),
             width=spec.width, height=spec.height, cost=spec.cost, run=ev.run,
-        ), ev.pack_id)
+        )
         for spec in ev.images
     ]
+
+
+def fan_out(jobs: list[ImageJob], t: Topics) -> list[Outgoing]:
+    """A pack's jobs on images.jobs, keyed by pack: one partition, in image order."""
+    return [Outgoing.of(t.images_jobs, job, job.pack_id) for job in jobs]
 
 
 def _image_status(

@@ -13,6 +13,7 @@ import os
 import random
 import socket
 import uuid
+from collections import OrderedDict
 from collections.abc import Iterable
 from typing import Any
 
@@ -31,6 +32,9 @@ from shared.topics import Topics
 
 log = logging.getLogger("packline.generation")
 IMAGES = Counter("packline_images_total", "image jobs by outcome", ["outcome"])
+# Runs remembered as finished (finished_here): minutes of work at thousands of images/s, a
+# few MiB. A copy read after its run was forgotten still pays nothing (the store has the image).
+FINISHED_KEPT = 50_000
 
 
 class JobRunner:
@@ -52,6 +56,9 @@ class JobRunner:
         self._claiming: dict[tuple[str, str, int], asyncio.Task[None]] = {}
         # job -> (its attempt, a future resolved with True when it ended with its effects published)
         self.in_flight: dict[tuple[str, str, int], tuple[int, asyncio.Future[bool]]] = {}
+        # Recently ended runs with their effects published -> the attempt: a copy read after
+        # the run (a job started early, a partition read again) is settled without a call.
+        self.finished: OrderedDict[tuple[str, str, int], int] = OrderedDict()
         self.calls: dict[tuple[str, str, int], asyncio.Task[bytes]] = {}  # provider calls in flight
         self.cancelled = CancelledPacks()
         self._discarding: set[asyncio.Task[None]] = set()
@@ -59,7 +66,7 @@ class JobRunner:
     async def run(self, job: ImageJob, source_topic: str, headers: Any) -> None:
         """One job, read for the first time or again (a partition taken over from a process
         that may still be making the image, see `claim_running`; or a copy)."""
-        if await self.settled_by_running(job):
+        if self.finished_here(job) or await self.settled_by_running(job):
             return
         key = _key(job)
         finished: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
@@ -80,7 +87,20 @@ class JobRunner:
                 # Only once the claim says how the attempt ended: a copy read meanwhile waits
                 # for this run, one read later finds the image or the answered mark.
                 del self.in_flight[key]
+                if ok:
+                    self._remember(key, job.attempt)
                 finished.set_result(ok)
+
+    def finished_here(self, job: ImageJob) -> bool:
+        """Whether a run of this job's image, of this attempt or a later one, ended in this
+        process lately with its effects published (acknowledged by Kafka)."""
+        attempt = self.finished.get(_key(job))
+        return attempt is not None and attempt >= job.attempt
+
+    def _remember(self, key: tuple[str, str, int], attempt: int) -> None:
+        self.finished[key] = max(attempt, self.finished.pop(key, attempt))
+        if len(self.finished) > FINISHED_KEPT:
+            self.finished.popitem(last=False)
 
     def is_running(self, job: ImageJob) -> bool:
         """Whether a run of this job's image (any attempt) is in flight in this process."""

@@ -38,12 +38,12 @@ def test_fan_out_makes_one_job_per_image_with_deterministic_ids() -> None:
     product = Product(name="Lamp", features=["warm light"], style="nordic")
     specs = plan_pack(["main", "scale"], APLUS_KINDS, 1, 2)
     accepted = PackAccepted(pack_id=uuid.uuid4(), user_id="a", product=product, images=specs, cost=10)
-    out = handlers.fan_out(accepted, T)
+    out = handlers.fan_out(handlers.jobs_of(accepted), T)
     jobs = [decode(o.value) for o in out]
     assert [j.image_id for j in jobs] == ["main", "scale", "aplus_banner", "aplus_features", "aplus_comparison", "aplus_story"]  # type: ignore[attr-defined]
     assert all(o.topic == "x.images.jobs" and o.key == str(accepted.pack_id).encode() for o in out)
     assert "Lamp" in jobs[0].prompt and "warm light" in jobs[0].prompt and "nordic" in jobs[0].prompt  # type: ignore[attr-defined]
-    assert [j.event_id for j in jobs] == [decode(o.value).event_id for o in handlers.fan_out(accepted, T)]
+    assert [j.event_id for j in jobs] == [decode(o.value).event_id for o in handlers.fan_out(handlers.jobs_of(accepted), T)]
 
 
 def test_transient_failure_goes_to_a_retry_tier_with_headers() -> None:

@@ -1,13 +1,17 @@
 """The job scheduler's worker pool (services/generation/consumer.py) in memory: a copy of a
-job already running here, read again after a rebalance, waits outside the pool."""
+job already running here, read again after a rebalance, waits outside the pool; a job its
+own fan-out started early runs once, and its record is then settled without a call."""
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any, cast
 
+import pytest
 from aiokafka import TopicPartition
+from aiokafka.structs import RecordMetadata
 
 from services.generation.consumer import JobScheduler, Queued
 from services.generation.scheduling import ProviderLimiter
@@ -53,3 +57,47 @@ async def test_a_copy_of_a_running_job_does_not_hold_a_worker(tmp_path: Path) ->
         for w in workers:
             w.cancel()
         await asyncio.gather(*workers, return_exceptions=True)
+
+
+@pytest.fixture
+async def scheduler(tmp_path: Path) -> AsyncIterator[tuple[JobScheduler, GatedBackend]]:
+    backend = GatedBackend()
+    r = runner(LocalImageStore(tmp_path, "http://api"), backend)
+    s = JobScheduler(CommonSettings(), r, ProviderLimiter(0), cast(Any, FakePublisher()), concurrency=1, prefetch=10, shutdown_grace_s=1)
+    s.consumer = cast(Any, Owner())
+    worker = asyncio.create_task(s._work())
+    yield s, backend
+    worker.cancel()
+    await asyncio.gather(worker, return_exceptions=True)
+
+
+def acked(partition: int, offset: int) -> asyncio.Future[Any]:
+    ack: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+    ack.set_result(RecordMetadata(TP.topic, partition, TopicPartition(TP.topic, partition), offset, 0, 0, 0))
+    return ack
+
+
+async def test_a_job_started_by_its_own_fan_out_runs_once_and_its_record_is_then_settled(
+    scheduler: tuple[JobScheduler, GatedBackend],
+) -> None:
+    s, backend = scheduler
+    a = job()
+    s.start_early([a], [acked(0, 0)])
+    await until(lambda: backend.calls == 1)  # at the provider before its record was read
+    backend.gate.set()
+    await until(lambda: s.runner.finished_here(a))
+    published = len(cast(FakePublisher, s.runner.publisher).sent)
+    s.offsets.fetched(TP, 0)  # its record, read now
+    s.queue.put(a.user_id, queued(a, 0))
+    await until(lambda: s.offsets.committable() == {TP: 1})
+    assert backend.calls == 1, "the record paid the provider again"
+    assert len(cast(FakePublisher, s.runner.publisher).sent) == published, "the record reported the image again"
+
+
+async def test_a_job_of_a_partition_read_elsewhere_waits_for_its_record(
+    scheduler: tuple[JobScheduler, GatedBackend],
+) -> None:
+    s, backend = scheduler
+    s.start_early([job()], [acked(1, 0)])  # partition 1: another process's
+    await asyncio.sleep(0.05)
+    assert backend.calls == 0 and len(s.queue) == 0
