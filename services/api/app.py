@@ -18,7 +18,7 @@ from services.api.limits import RateLimiter
 from services.api.packs import PackFastPath
 from services.api.routes import router
 from services.api.settings import Settings
-from shared.http import KeyCheck, health_router
+from shared.http import KeyCheck, collect_less_often, health_router
 from shared.images import open_image_store
 from shared.kafka import Publisher
 from shared.keys import KeyRegistry, KeyUsage
@@ -51,6 +51,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
         # Both connect and catch up in the background: the port opens at once, and requests
         # with a key get 503 until the revocations are read (shared.http); /healthz says so.
+        collect_less_often()
         await revocations.start()
         await registry.start()
         await idempotency.start()

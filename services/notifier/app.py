@@ -18,11 +18,11 @@ from services.notifier.fresh import LogEnd
 from services.notifier.readmodel import ReadModel
 from services.notifier.routes import router
 from services.notifier.settings import Settings
-from services.notifier.sse import Hub, collect_less_often
+from services.notifier.sse import Hub
 from services.notifier.state import Store
 from services.notifier.statement import StatementFeed, Statements
 from services.notifier.webhooks.app import Webhooks
-from shared.http import KeyCheck, health_router
+from shared.http import KeyCheck, collect_less_often, health_router
 from shared.kafka import Publisher
 from shared.keys import KeyUsage
 from shared.metrics import ObserveHttp

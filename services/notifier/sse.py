@@ -17,7 +17,6 @@ history at its own pace, and one that fell behind the history kept gets a snapsh
 from __future__ import annotations
 
 import asyncio
-import gc
 import logging
 from collections.abc import AsyncGenerator, Callable
 from contextlib import aclosing
@@ -154,19 +153,6 @@ class Hub:
                     stream.cut_off()
                 elif stream.waiting and now - stream.last_write >= self.ping_s:
                     stream.waiter.wake(Wake.PING)
-
-
-def collect_less_often() -> None:
-    """Thousands of open streams are hundreds of thousands of long-lived objects, which the
-    cyclic collector walks again and again: with the default thresholds (700, 10, 10) a
-    full collection, some 200-400 ms with 5,000 streams, comes every few tens of thousands
-    of allocations, often right as an event fans out. Young collections every 20,000
-    allocations (a few ms), the middle one every 40,000 (its pause is what survived since:
-    while 5,000 streams connected, the 250,000 allocations of (50,000, 5) made it 65-73 ms,
-    in the way of the next events), full ones at most every 2 million (and, as always,
-    only once a quarter of the old generation is new) find the same garbage with far
-    fewer walks over the living (reference counting frees everything else as before)."""
-    gc.set_threshold(20_000, 2, 50)
 
 
 class EventStream(Response):
