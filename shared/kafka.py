@@ -18,6 +18,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import KafkaError
 from aiokafka.helpers import create_ssl_context
+from aiokafka.partitioner import DefaultPartitioner
 
 from shared import tracing
 from shared.errors import BrokerUnavailable
@@ -90,6 +91,7 @@ class Outgoing:
     value: bytes
     key: bytes
     headers: Headers = field(default_factory=list)
+    partition: int | None = None  # None: the key's, chosen by the producer (Publisher.partition_for)
 
     @classmethod
     def of(cls, topic: str, event: Event, key: object, headers: Headers | None = None) -> Outgoing:
@@ -144,7 +146,7 @@ class Publisher:
             futures = []
             for m in messages:
                 tracing.inject(m.topic, m.value, m.headers)  # the one place trace context enters Kafka
-                futures.append(await producer.send(m.topic, m.value, key=m.key, headers=m.headers))
+                futures.append(await producer.send(m.topic, m.value, key=m.key, headers=m.headers, partition=m.partition))
             return futures
 
         try:
@@ -157,6 +159,18 @@ class Publisher:
         if keep:
             self._unflushed.extend(futures)
         return futures
+
+    async def partition_for(self, topic: str, key: bytes) -> int:
+        """The partition of `topic` that `key` goes to: the producer's own choice (Kafka's
+        murmur2 of the key over all partitions), known before anything is sent."""
+        if self._producer is None:
+            await self.start()
+        assert self._producer is not None
+        try:
+            partitions = sorted(await self._producer.partitions_for(topic))
+        except KafkaError as exc:
+            raise BrokerUnavailable(f"no partitions known for {topic}: {exc!r}") from exc
+        return int(DefaultPartitioner()(key, partitions, partitions))
 
     async def flush(self) -> None:
         """Wait for the acks of everything enqueued so far."""

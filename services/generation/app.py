@@ -51,8 +51,12 @@ def build(settings: Settings) -> FastAPI:
 
     async def accepted(ev: PackAccepted, _record: Record) -> None:
         jobs = handlers.jobs_of(ev)
-        acks = await publisher.enqueue(handlers.fan_out(jobs, t))  # acked before the batch is committed
-        scheduler.start_early(jobs, acks)
+        messages = handlers.fan_out(jobs, t)
+        partition = await publisher.partition_for(t.images_jobs, messages[0].key)  # one key: the pack's
+        for m in messages:
+            m.partition = partition
+        await publisher.enqueue(messages)  # acked before the batch is committed
+        scheduler.start_early(jobs, partition)
 
     topics, one = dispatch([Route(PACKS_ACCEPTED, accepted)], publisher, settings)
     packs = OrderedConsumer(

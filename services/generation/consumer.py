@@ -11,11 +11,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import logging
 import time
 from dataclasses import dataclass
-from typing import Any
 
 from aiokafka import TopicPartition
 from prometheus_client import Counter, Gauge
@@ -107,21 +105,19 @@ class JobScheduler(ConsumerLoop):
         USERS.set(self.queue.users)
         await self._commit()
 
-    def start_early(self, jobs: list[ImageJob], acks: list[asyncio.Future[Any]]) -> None:
-        """Jobs this process has just fanned out: each joins the fair queue as soon as Kafka
-        has it, a hop before its record comes back, if its partition is read here and the
-        queue has room (under load the records are the queue). The record, read later, finds
-        the run in flight or ended here and is settled without a second call."""
-        if tracing.enabled():  # a traced job's span starts from its record
-            return
-        for job, ack in zip(jobs, acks, strict=True):
-            ack.add_done_callback(functools.partial(self._early, job))
-
-    def _early(self, job: ImageJob, ack: asyncio.Future[Any]) -> None:
-        if ack.cancelled() or ack.exception() is not None or self.consumer is None or len(self.queue) >= self.prefetch:
-            return
-        tp = TopicPartition(ack.result().topic, ack.result().partition)
-        if tp in self.consumer.assignment():
+    def start_early(self, jobs: list[ImageJob], partition: int) -> None:
+        """Jobs this process is fanning out to `partition`: they join the fair queue now, a
+        round trip through Kafka before their records come back, if that partition is read
+        here and the queue has room (under load the records are the queue). Each record,
+        read later, finds its run in flight or ended here and is settled without a second
+        call. Not waiting for the records' acks is safe: a fan-out that Kafka refuses is
+        not committed and runs again, and the effects of a run are keyed like any other."""
+        tp = TopicPartition(self.topic, partition)
+        if tracing.enabled() or self.consumer is None or tp not in self.consumer.assignment():
+            return  # traced: a job's span starts from its record
+        for job in jobs:
+            if len(self.queue) >= self.prefetch:
+                return
             EARLY.inc()
             self.queue.put(job.user_id, Queued(tp, None, job))
 

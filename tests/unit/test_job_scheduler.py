@@ -11,7 +11,6 @@ from typing import Any, cast
 
 import pytest
 from aiokafka import TopicPartition
-from aiokafka.structs import RecordMetadata
 
 from services.generation.consumer import JobScheduler, Queued
 from services.generation.scheduling import ProviderLimiter
@@ -20,7 +19,7 @@ from shared.images import LocalImageStore
 from shared.settings import CommonSettings
 from tests.unit.test_job_claims import FakePublisher, GatedBackend, job, runner, until
 
-TP = TopicPartition("x.images.jobs", 0)
+TP = TopicPartition(CommonSettings().topics.images_jobs, 0)
 
 
 class Owner:
@@ -71,18 +70,12 @@ async def scheduler(tmp_path: Path) -> AsyncIterator[tuple[JobScheduler, GatedBa
     await asyncio.gather(worker, return_exceptions=True)
 
 
-def acked(partition: int, offset: int) -> asyncio.Future[Any]:
-    ack: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-    ack.set_result(RecordMetadata(TP.topic, partition, TopicPartition(TP.topic, partition), offset, 0, 0, 0))
-    return ack
-
-
 async def test_a_job_started_by_its_own_fan_out_runs_once_and_its_record_is_then_settled(
     scheduler: tuple[JobScheduler, GatedBackend],
 ) -> None:
     s, backend = scheduler
     a = job()
-    s.start_early([a], [acked(0, 0)])
+    s.start_early([a], 0)
     await until(lambda: backend.calls == 1)  # at the provider before its record was read
     backend.gate.set()
     await until(lambda: s.runner.finished_here(a))
@@ -98,6 +91,6 @@ async def test_a_job_of_a_partition_read_elsewhere_waits_for_its_record(
     scheduler: tuple[JobScheduler, GatedBackend],
 ) -> None:
     s, backend = scheduler
-    s.start_early([job()], [acked(1, 0)])  # partition 1: another process's
+    s.start_early([job()], 1)  # partition 1: another process's
     await asyncio.sleep(0.05)
     assert backend.calls == 0 and len(s.queue) == 0
