@@ -66,6 +66,7 @@ def print_hops(hops: dict[str, list[float]]) -> None:
     packs = min((len(v) for v in hops.values()), default=0)
     if not packs:
         return
-    print(f"  where the time goes (median over {packs} packs; record create times, ms resolution):")
+    print(f"  where the time goes ({packs} packs; record create times, ms resolution):  p50      p90      p99")
     for step, values in hops.items():
-        print(f"    {step:<34} {statistics.median(values):6.1f} ms")
+        q = statistics.quantiles(values, n=100) if len(values) > 1 else values * 99
+        print(f"    {step:<34} {statistics.median(values):6.1f} ms {q[89]:6.1f} ms {q[98]:6.1f} ms")
