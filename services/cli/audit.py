@@ -22,10 +22,16 @@ from shared.events import TERMINAL_PACK, ImageStatus, PackRequested, PackStatus
 
 
 def pack_log(records: Iterable[ConsumerRecord[bytes, bytes]]) -> tuple[dict[str, str], list[ImageStatus]]:
-    """packs.status read back: each pack's last status, and every image event."""
+    """packs.status read back as its readers read it: each pack's last status, and every
+    image event. A repeated event id is a copy, skipped: credits sends a redelivered
+    request's DRAFT and PROCESSING again under their ids, even after the pack settled."""
     last: dict[str, str] = {}
     images: list[ImageStatus] = []
+    seen: set[str] = set()
     for ev in kafka_io.events(records, (PackStatus, ImageStatus)):
+        if ev.event_id in seen:
+            continue
+        seen.add(ev.event_id)
         if isinstance(ev, PackStatus):
             last[str(ev.pack_id)] = ev.status
         elif isinstance(ev, ImageStatus):
