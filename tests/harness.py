@@ -78,6 +78,7 @@ class RunningStack:
                 if attempt == 2:
                     print_warnings(tmp / "logs")
                     raise
+                (tmp / "logs").rename(tmp / f"logs-port-taken-{attempt}")  # the next try's logs start clean
             except BaseException:
                 stack.stop()
                 print_warnings(tmp / "logs")

@@ -124,10 +124,6 @@ class JobScheduler(ConsumerLoop):
     async def _work(self) -> None:
         while True:
             item = await self.queue.get()
-            if self.runner.finished_here(item.job):  # its early start, or a copy, ended here
-                if item.record is not None:
-                    self.offsets.done(item.tp, item.record.offset)
-                continue
             if self.runner.is_running(item.job):
                 if item.record is not None:
                     self._wait_outside(item)
