@@ -82,9 +82,9 @@ class Stack:
             while True:
                 proc = self.procs[name]
                 if proc.poll() is not None:
-                    log = self.tail(name)
-                    error = PortTaken if "address already in use" in log else RuntimeError
-                    raise error(f"{name} exited with {proc.returncode}; log:\n{log}")
+                    # The whole log: the lines of the shutdown after a failed bind can be many.
+                    taken = "address already in use" in self.tail(name, lines=None)
+                    raise (PortTaken if taken else RuntimeError)(f"{name} exited with {proc.returncode}; log:\n{self.tail(name)}")
                 try:
                     reply = httpx.get(f"{self.url(name)}/healthz", timeout=2)
                     if reply.status_code == 200 and reply.json().get("pid") == proc.pid:
@@ -99,9 +99,10 @@ class Stack:
         """Watch and stop a process started elsewhere (the proxy) with the services."""
         self.procs[name] = proc
 
-    def tail(self, service: str, lines: int = 40) -> str:
+    def tail(self, service: str, lines: int | None = 40) -> str:
+        """The last `lines` of an instance's log (None: all of it)."""
         path = self.log_dir / f"{service}.log"
-        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:]) if path.exists() else ""
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines if lines else 0:]) if path.exists() else ""
 
     def signal(self, service: str, sig: int) -> None:
         proc = self.procs[service]
