@@ -5,6 +5,7 @@ publisher, dead-letter headers. Reading is in `shared.consumer`, topic creation 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import ssl
@@ -115,14 +116,21 @@ class Publisher:
 
     async def _start(self) -> None:
         # aiokafka clients bind the running loop, so they are built here, not in __init__.
-        self._producer = self.kafka.producer(
+        producer = self.kafka.producer(
             client_id=self.client_id,
             acks="all",
             enable_idempotence=True,
             linger_ms=0,  # latency first: whatever piles up while a request is in flight is batched anyway
             request_timeout_ms=int(self.timeout_s * 1000),
         )
-        await self._producer.start()
+        try:
+            await producer.start()
+        except KafkaError as exc:
+            # Kept, a producer that never connected would be used: its metadata waits have no end.
+            with contextlib.suppress(Exception):
+                await producer.stop()
+            raise BrokerUnavailable(f"Kafka could not be reached: {exc!r}") from exc
+        self._producer = producer
 
     async def stop(self) -> None:
         if self._producer is not None:
@@ -165,10 +173,13 @@ class Publisher:
         murmur2 of the key over all partitions), known before anything is sent."""
         if self._producer is None:
             await self.start()
-        assert self._producer is not None
+        producer = self._producer
+        assert producer is not None
         try:
-            partitions = sorted(await self._producer.partitions_for(topic))
-        except KafkaError as exc:
+            async with asyncio.timeout(self.timeout_s):
+                partitions = sorted(await producer.partitions_for(topic))
+        except (KafkaError, TimeoutError) as exc:
+            await self._reset(producer)
             raise BrokerUnavailable(f"no partitions known for {topic}: {exc!r}") from exc
         return int(DefaultPartitioner()(key, partitions, partitions))
 
