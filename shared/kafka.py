@@ -132,6 +132,14 @@ class Publisher:
             raise BrokerUnavailable(f"Kafka could not be reached: {exc!r}") from exc
         self._producer = producer
 
+    async def _started(self) -> AIOKafkaProducer:
+        """The producer, started first if need be: a handler may send before its service has
+        started the publisher, and a failed one is replaced on the next call."""
+        if self._producer is None:
+            await self.start()
+        assert self._producer is not None
+        return self._producer
+
     async def stop(self) -> None:
         if self._producer is not None:
             await self._producer.stop()
@@ -145,10 +153,7 @@ class Publisher:
         """Hand messages to the producer without waiting for their acks. With `keep`, the
         next `flush()` waits for them: a consumer pipelines a batch's effects this way and
         flushes before it commits the batch's offsets."""
-        if self._producer is None:  # a handler may send before its service has started the publisher
-            await self.start()
-        producer = self._producer
-        assert producer is not None
+        producer = await self._started()
 
         async def put_all() -> list[asyncio.Future[Any]]:
             futures = []
@@ -171,10 +176,7 @@ class Publisher:
     async def partition_for(self, topic: str, key: bytes) -> int:
         """The partition of `topic` that `key` goes to: the producer's own choice (Kafka's
         murmur2 of the key over all partitions), known before anything is sent."""
-        if self._producer is None:
-            await self.start()
-        producer = self._producer
-        assert producer is not None
+        producer = await self._started()
         try:
             async with asyncio.timeout(self.timeout_s):
                 partitions = sorted(await producer.partitions_for(topic))

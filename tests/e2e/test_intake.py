@@ -1,6 +1,6 @@
 """A 202 pack is visible at once, and another party's backlog does not delay its start:
 with 5,000 requests of other users queued on packs.requested, a seller's new pack answers
-DRAFT at once and starts within the turns of the users ahead of it; the flood itself is
+DRAFT (or already PROCESSING) at once and starts within the turns of the users ahead of it; the flood itself is
 processed to the end, each pack charged once."""
 
 from __future__ import annotations
